@@ -1,0 +1,54 @@
+"""Caddyfile for the TLS proxy in front of the Docker agent servers.
+
+Caddy terminates TLS for one site per tenant, redirects plain HTTP to HTTPS, and
+proxies to the tenant's container; its reverse_proxy passes WebSocket upgrades
+(``/sockets/*``) through with no extra setting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+TlsMode = Literal["internal", "acme", "selfsigned"]
+CONFIG_PATH = "/etc/caddy/Caddyfile"
+CERT_PATH = "/etc/caddy/tls/cert.pem"
+KEY_PATH = "/etc/caddy/tls/key.pem"
+DATA_DIR = "/data"  # the official image's XDG_DATA_HOME: certificates, ACME account, internal CA
+
+
+def caddyfile(
+    sites: Mapping[str, str],
+    *,
+    tls: TlsMode,
+    http_port: int = 80,
+    https_port: int = 443,
+    acme_email: str | None = None,
+    cert_path: str = CERT_PATH,
+    key_path: str = KEY_PATH,
+) -> str:
+    """Render a Caddyfile. ``sites`` maps a public host name to its upstream ``host:port``."""
+    if tls == "acme" and not acme_email:
+        raise ValueError("ACME needs an email address")
+    glob = [f"\thttp_port {http_port}", f"\thttps_port {https_port}", "\tadmin off"]
+    if tls == "acme":
+        glob.append(f"\temail {acme_email}")
+    if tls == "internal":
+        # Never touch the host's trust store; clients trust the exported root instead.
+        glob.append("\tskip_install_trust")
+    out = ["# Rendered by openhands-deploy from the stack config. Edits are overwritten.", "{", *glob, "}", ""]
+    for host, upstream in sites.items():
+        out.append(f"{host} {{")
+        if tls == "internal":
+            out.append("\ttls internal")
+        elif tls == "selfsigned":
+            out.append(f"\ttls {cert_path} {key_path}")
+        out += [
+            f"\treverse_proxy {upstream} {{",
+            # Stream responses and events as they come instead of buffering them.
+            "\t\tflush_interval -1",
+            "\t}",
+            "}",
+            "",
+        ]
+    return "\n".join(out)

@@ -1,0 +1,496 @@
+"""Typed stack configuration.
+
+All of ``openhands:*`` is parsed into these pydantic models before any resource is
+registered. Anything wrong (a typo in a value, an unknown or misspelt key, a wrong
+type, a blank secret, two settings that contradict each other) ends the program with
+one ``ConfigError`` that names every offending key and what it allows.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import pulumi
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components import contract
+
+NAMESPACE = "openhands"
+MODELS = ("modal", "docker", "ecs", "kubernetes")
+
+
+class ConfigError(pulumi.RunError):
+    """A configuration problem. Pulumi prints a RunError's message with no traceback."""
+
+
+# --------------------------------------------------------------------------- types
+
+_TENANT_RE = re.compile(r"^[a-z]([a-z0-9-]{0,18}[a-z0-9])?$")
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# registry/name[:tag][@sha256:digest], the grammar of docker/distribution's reference package.
+_IMAGE_RE = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
+)
+
+
+def _tenant(value: str) -> str:
+    if not _TENANT_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid tenant name: use 1-20 lowercase letters, digits or '-', "
+            "starting with a letter and not ending with '-' (it becomes a hostname and resource names)"
+        )
+    return value
+
+
+def _domain(value: str) -> str:
+    value = value.lower().rstrip(".")
+    if not _DOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid DNS domain")
+    return value
+
+
+def _image(value: str) -> str:
+    if not _IMAGE_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not an image reference; expected registry/name:tag or registry/name@sha256:<digest>"
+        )
+    return value
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
+
+
+def _not_blank(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().strip():
+        raise ValueError("must not be empty or whitespace (an empty session key disables authentication)")
+    return value
+
+
+TenantName = Annotated[str, AfterValidator(_tenant)]
+Domain = Annotated[str, AfterValidator(_domain)]
+ImageRef = Annotated[str, AfterValidator(_image)]
+Cidr = Annotated[str, AfterValidator(_cidr)]
+Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
+WORLD = ("0.0.0.0/0", "::/0")
+
+
+class Settings(BaseModel):
+    """Base: camelCase keys in the stack file, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, hide_input_in_errors=True
+    )
+
+
+# --------------------------------------------------------------------------- shared
+
+
+class Resources(Settings):
+    """CPU (vCPU) and memory (MiB) for each agent server."""
+
+    cpu: float = Field(1.0, gt=0, le=16)
+    memory: int = Field(2048, ge=512, le=122880)
+
+
+class Keys(Settings):
+    """Key rotation. Raise ``rotation`` by exactly one to rotate every tenant's keys."""
+
+    rotation: int = Field(0, ge=0, le=1000)
+
+
+class SuppliedKeys(Settings):
+    """Keys given as secret config instead of generated ones."""
+
+    session_api_key: Secret
+    secret_key: Secret
+    previous_session_api_key: Secret | None = None
+    previous_secret_keys: list[Secret] = []
+
+
+# --------------------------------------------------------------------------- docker
+
+
+class VmSettings(Settings):
+    """The EC2 VM that hosts the Docker engine when ``docker.engine`` is ``vm``."""
+
+    instance_type: str = Field("t3.large", pattern=r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$")
+    os: Literal["ubuntu-24.04", "debian-12"] = "ubuntu-24.04"
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
+    ssh_public_key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
+    ssh_private_key_path: str | None = None
+    admin_cidrs: list[Cidr] = Field(min_length=1)
+    ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
+    root_volume_size: int = Field(30, ge=8, le=1024)
+    data_volume_size: int = Field(50, ge=1, le=16384)
+    data_volume_type: Literal["gp3", "gp2", "io2", "st1"] = "gp3"
+    hosted_zone_id: str | None = Field(None, pattern=r"^Z[0-9A-Z]{1,32}$")
+
+    @field_validator("admin_cidrs")
+    @classmethod
+    def _no_world_ssh(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            if ipaddress.ip_network(cidr).prefixlen == 0:
+                raise ValueError(
+                    f"{cidr} would open SSH (22) to the whole internet; give your admin network, e.g. 203.0.113.7/32"
+                )
+        return cidrs
+
+    @model_validator(mode="after")
+    def _subnet_needs_vpc(self) -> VmSettings:
+        if self.subnet_id and not self.vpc_id:
+            raise ValueError("subnetId needs vpcId (the security group is created in that VPC)")
+        return self
+
+    @property
+    def ssh_user(self) -> str:
+        return "ubuntu" if self.os.startswith("ubuntu") else "admin"
+
+
+class DockerSettings(Settings):
+    engine: Literal["local", "vm"] = "local"
+    host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe)://.+$")
+    domain: Domain | None = None
+    tls: Literal["internal", "acme", "selfsigned"] | None = None
+    acme_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    https_port: int = Field(443, ge=1, le=65535)
+    http_port: int = Field(80, ge=1, le=65535)
+    caddy_image: ImageRef = "caddy:2.10.2"
+    vm: VmSettings | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DockerSettings:
+        if self.engine == "vm":
+            if self.vm is None:
+                raise ValueError("engine 'vm' needs a 'vm' object (sshPublicKey and adminCidrs at least)")
+            if self.host:
+                raise ValueError("'host' is for engine 'local'; with engine 'vm' the stack connects over SSH")
+        elif self.vm is not None:
+            raise ValueError("'vm' is set but engine is 'local'; set engine: vm or remove 'vm'")
+        if self.https_port == self.http_port:
+            raise ValueError("httpsPort and httpPort must differ")
+        mode = self.tls_mode
+        if mode == "acme":
+            if not self.domain:
+                raise ValueError("tls 'acme' needs a 'domain' whose tenant hosts resolve to this Docker host")
+            if not self.acme_email:
+                raise ValueError("tls 'acme' needs 'acmeEmail' for the Let's Encrypt account")
+        if mode == "internal" and self.engine == "vm":
+            raise ValueError("tls 'internal' is for a local engine; on a VM use 'acme' (with a domain) or 'selfsigned'")
+        if self.vm and self.vm.hosted_zone_id and not self.domain:
+            raise ValueError("vm.hostedZoneId needs 'domain' (records are <tenant>.<domain>)")
+        return self
+
+    @property
+    def tls_mode(self) -> str:
+        if self.tls:
+            return self.tls
+        if self.domain and self.acme_email:
+            return "acme"
+        return "internal" if self.engine == "local" else "selfsigned"
+
+    def host_for(self, tenant: str) -> str:
+        return f"{tenant}.{self.domain}" if self.domain else f"{tenant}.localhost"
+
+
+# --------------------------------------------------------------------------- kubernetes
+
+
+class IngressTls(Settings):
+    cluster_issuer: str | None = None
+    issuer: str | None = None
+    secret_name: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> IngressTls:
+        if sum(x is not None for x in (self.cluster_issuer, self.issuer, self.secret_name)) != 1:
+            raise ValueError("set exactly one of clusterIssuer, issuer (cert-manager) or secretName (existing TLS secret)")
+        return self
+
+
+class Egress(Settings):
+    """Egress is open by default: agents need the internet and the LLM."""
+
+    allow_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD))
+    except_cidrs: list[Cidr] = []
+    allow_dns: bool = True
+
+
+class KubernetesSettings(Settings):
+    namespace: str = Field("openhands", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    create_namespace: bool = True
+    kubeconfig: Secret | None = None
+    context: str | None = None
+    domain: Domain
+    ingress_class: str = "nginx"
+    ingress_namespace: str = "ingress-nginx"
+    tls: IngressTls
+    storage_class: str | None = None
+    storage_size: str = Field("10Gi", pattern=r"^[1-9][0-9]*(Mi|Gi|Ti)$")
+    egress: Egress = Egress()
+
+
+# --------------------------------------------------------------------------- ecs
+
+_LOG_RETENTION = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
+                  3288, 3653)
+
+
+class EcsSettings(Settings):
+    domain: Domain
+    hosted_zone_id: str | None = Field(None, pattern=r"^Z[0-9A-Z]{1,32}$")
+    certificate_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$")
+    create_dns_records: bool | None = None
+    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
+    public_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = []
+    private_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = []
+    vpc_cidr: Cidr = "10.40.0.0/16"
+    nat_gateways: Literal["single", "perAz"] = "single"
+    ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
+    log_retention_days: int = 30
+    efs_backups: bool = True
+    idle_timeout: int = Field(3600, ge=60, le=4000)
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, days: int) -> int:
+        if days not in _LOG_RETENTION:
+            raise ValueError(f"CloudWatch accepts only {', '.join(map(str, _LOG_RETENTION))} days")
+        return days
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EcsSettings:
+        if not self.hosted_zone_id and not self.certificate_arn:
+            raise ValueError("set hostedZoneId (ACM certificate, DNS-validated) or certificateArn (existing certificate)")
+        if self.create_dns_records and not self.hosted_zone_id:
+            raise ValueError("createDnsRecords needs hostedZoneId")
+        reuse = (self.vpc_id, self.public_subnet_ids, self.private_subnet_ids)
+        if any(reuse) and not all(reuse):
+            raise ValueError("to reuse a VPC set vpcId, publicSubnetIds and privateSubnetIds together")
+        if self.vpc_id and (len(self.public_subnet_ids) < 2 or len(self.private_subnet_ids) < 1):
+            raise ValueError("an ALB needs publicSubnetIds in at least 2 AZs, and tasks need privateSubnetIds")
+        return self
+
+
+# --------------------------------------------------------------------------- modal
+
+
+class ModalSettings(Settings):
+    environment: str | None = Field(None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
+    app_name: str = Field("openhands-agent-server", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,40}$")
+    volume_name: str = Field("openhands-state", pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._-]{0,40}$")
+    min_containers: Literal[0, 1] = 1
+    max_containers: int = 1
+    scaledown_window: int = Field(300, ge=2, le=3600)
+    timeout: int = Field(3600, ge=10, le=86400)
+    max_inputs: int = Field(100, ge=1, le=1000)
+    canvas_ui: bool = False
+    token_id: Secret | None = None
+    token_secret: Secret | None = None
+
+    @field_validator("max_containers")
+    @classmethod
+    def _single_writer(cls, value: int) -> int:
+        if value != 1:
+            raise ValueError(
+                "must be 1: the agent server keeps its state in files and two containers on one "
+                "volume serve stale catalogs and 404s; add tenants to scale out"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _token_pair(self) -> ModalSettings:
+        if (self.token_id is None) != (self.token_secret is None):
+            raise ValueError("set both tokenId and tokenSecret, or neither (then MODAL_TOKEN_ID/SECRET are used)")
+        return self
+
+
+# --------------------------------------------------------------------------- stack
+
+
+class StackConfig(Settings):
+    model: Literal["modal", "docker", "ecs", "kubernetes"]
+    tenants: list[TenantName] = Field(default_factory=lambda: ["default"], min_length=1, max_length=200)
+    image: ImageRef = contract.DEFAULT_IMAGE
+    resources: Resources = Resources()
+    keys: Keys = Keys()
+    tenant_keys: dict[str, SuppliedKeys] = {}
+    retain_data: bool = True
+    docker: DockerSettings | None = None
+    kubernetes: KubernetesSettings | None = None
+    ecs: EcsSettings | None = None
+    modal: ModalSettings | None = None
+
+    @field_validator("tenants")
+    @classmethod
+    def _unique(cls, tenants: list[str]) -> list[str]:
+        dupes = sorted({t for t in tenants if tenants.count(t) > 1})
+        if dupes:
+            raise ValueError(f"tenant names must be unique; repeated: {', '.join(dupes)}")
+        return tenants
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StackConfig:
+        unknown = sorted(set(self.tenant_keys) - set(self.tenants))
+        if unknown:
+            raise ValueError(f"tenantKeys names {', '.join(unknown)}, which are not in tenants {self.tenants}")
+        others = [m for m in MODELS if m != self.model and getattr(self, m) is not None]
+        if others:
+            raise ValueError(
+                f"model is {self.model!r} but settings for {', '.join(others)} are present; remove them "
+                "(a stack deploys one model)"
+            )
+        if self.model in ("kubernetes", "ecs") and getattr(self, self.model) is None:
+            raise ValueError(f"model {self.model!r} needs the '{self.model}' object (at least its domain and TLS)")
+        return self
+
+    @property
+    def settings(self) -> Any:
+        """The chosen model's settings object (defaults where the model allows them)."""
+        value = getattr(self, self.model)
+        if value is None:
+            value = {"docker": DockerSettings, "modal": ModalSettings}[self.model]()
+        return value
+
+
+SECRET_FIELDS = ("tenantKeys",)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _raw() -> tuple[dict[str, Any], set[str]]:
+    """All ``openhands:*`` config (as Pulumi hands it to the program) and the secret keys."""
+    from pulumi.runtime import config as rc
+
+    merged: dict[str, Any] = {**rc.get_config_env(), **rc.CONFIG.get()}
+    secret = set(rc._SECRET_KEYS.get()) | set(rc.get_config_secret_keys_env())
+    prefix = NAMESPACE + ":"
+    values = {k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
+    return values, {k[len(prefix) :] for k in secret if k.startswith(prefix)}
+
+
+def _decode(value: Any) -> Any:
+    # Pulumi passes every value as a string; objects, lists, numbers and booleans as JSON.
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _walk_model(model: type[BaseModel] | None, loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The settings class found at ``loc`` (to list the keys it allows)."""
+    import typing
+
+    for part in loc:
+        if model is None or isinstance(part, int):
+            continue
+        field = next((f for n, f in model.model_fields.items() if part in (n, f.alias)), None)
+        if field is None:
+            return model if part == loc[-1] else None
+        model = _model_in(field.annotation, typing)
+    return model
+
+
+def _model_in(annotation: Any, typing: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg, typing)
+        if found:
+            return found
+    return None
+
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = NAMESPACE + ":"
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if i else "") + str(part)
+    return out
+
+
+def _format(errors: list[dict[str, Any]], stack: str) -> str:
+    lines = [f"invalid configuration for stack {stack!r}:"]
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if p not in ("function-after[_tenant(), str]",))
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            parent = _walk_model(StackConfig, loc[:-1]) if len(loc) > 1 else StackConfig
+            allowed = sorted(f.alias or n for n, f in parent.model_fields.items()) if parent else []
+            hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+            msg = "unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            msg += f"; allowed: {', '.join(allowed)}"
+        elif kind == "missing":
+            msg = "is required"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if kind in ("literal_error", "enum"):
+                got = err.get("input")
+                msg += f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
+        lines.append(f"  - {_key(loc) if loc else NAMESPACE}: {msg}")
+    return "\n".join(lines)
+
+
+def parse(values: Mapping[str, Any], secret_keys: set[str] | frozenset[str] = frozenset(), stack: str = "?") -> StackConfig:
+    """Parse decoded ``openhands:*`` values (keys without the namespace) into a StackConfig."""
+    problems: list[str] = []
+    for key in SECRET_FIELDS:
+        if key in values and key not in secret_keys:
+            problems.append(
+                f"  - {NAMESPACE}:{key}: holds keys but is stored in plain text; set it with "
+                f"`pulumi config set --secret --path '{key}.<tenant>.sessionApiKey' ...`"
+            )
+    k8s = values.get("kubernetes")
+    if isinstance(k8s, dict) and k8s.get("kubeconfig") and "kubernetes" not in secret_keys:
+        problems.append(
+            f"  - {NAMESPACE}:kubernetes.kubeconfig: a kubeconfig is a credential; set it with "
+            "`pulumi config set --secret --path kubernetes.kubeconfig < ~/.kube/config`"
+        )
+    modal = values.get("modal")
+    if isinstance(modal, dict) and modal.get("tokenSecret") and "modal" not in secret_keys:
+        problems.append(
+            f"  - {NAMESPACE}:modal.tokenSecret: a Modal token is a credential; set it with "
+            "`pulumi config set --secret --path modal.tokenSecret ...`"
+        )
+    try:
+        cfg = StackConfig.model_validate({k: _decode(v) for k, v in values.items()})
+    except ValidationError as exc:
+        message = _format(exc.errors(), stack)
+        if problems:
+            message += "\n" + "\n".join(problems)
+        raise ConfigError(message) from None
+    if problems:
+        raise ConfigError(f"invalid configuration for stack {stack!r}:\n" + "\n".join(problems))
+    return cfg
+
+
+def load() -> StackConfig:
+    """Read and validate the stack's ``openhands:*`` config. Raises ConfigError."""
+    values, secret_keys = _raw()
+    return parse(values, secret_keys, pulumi.get_stack())

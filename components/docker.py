@@ -1,0 +1,273 @@
+"""Docker model: one agent-server container per tenant behind a Caddy TLS proxy.
+
+Used as-is by the ``local`` stack (the local engine, or any DOCKER_HOST-style URL)
+and by the VM stack (components/vm.py), which points the same ``DockerHost`` at a
+provisioned EC2 instance over SSH.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+
+import pulumi
+import pulumi_docker as docker
+
+from components import caddy, contract
+from components.config import StackConfig
+from components.keys import TenantKeys
+from components.program import Deployment
+
+ROLE_LABEL = "dev.openhands.role"
+TENANT_LABEL = "dev.openhands.tenant"
+
+
+def _labels(role: str, tenant: str | None = None) -> list[docker.ContainerLabelArgs]:
+    labels = [docker.ContainerLabelArgs(label=ROLE_LABEL, value=role)]
+    if tenant:
+        labels.append(docker.ContainerLabelArgs(label=TENANT_LABEL, value=tenant))
+    return labels
+
+
+def healthcheck() -> docker.ContainerHealthcheckArgs:
+    """The contract's readiness check, run inside the container by the engine."""
+    return docker.ContainerHealthcheckArgs(
+        tests=list(contract.HEALTHCHECK_COMMAND),
+        interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
+        timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
+        retries=contract.HEALTHCHECK_RETRIES,
+        start_period=f"{contract.STARTUP_BUDGET_SECONDS}s",
+        start_interval="2s",
+    )
+
+
+def upstream(tenant: str) -> str:
+    """The proxy's upstream for a tenant: its network alias and the contract's port."""
+    return f"agent-{tenant}:{contract.PORT}"
+
+
+class AgentServer(pulumi.ComponentResource):
+    """One tenant's agent server: a state volume and a container on the private network."""
+
+    volume: docker.Volume
+    container: docker.Container
+
+    def __init__(
+        self,
+        tenant: str,
+        *,
+        image: pulumi.Input[str],
+        network: docker.Network,
+        keys: TenantKeys,
+        cfg: StackConfig,
+        volume_driver_opts: Mapping[str, pulumi.Input[str]] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("openhands:docker:AgentServer", tenant, None, opts)
+        stack = pulumi.get_stack()
+        child = pulumi.ResourceOptions(parent=self)
+
+        # The only copy of this tenant's conversations and secrets: kept on destroy
+        # unless the stack opts out with retainData: false.
+        self.volume = docker.Volume(
+            f"{tenant}-state",
+            name=f"openhands-{stack}-{tenant}-state",
+            driver_opts=dict(volume_driver_opts) if volume_driver_opts else None,
+            labels=[docker.VolumeLabelArgs(label=TENANT_LABEL, value=tenant)],
+            opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
+        )
+        plain = contract.container_env()
+        envs = pulumi.Output.secret(
+            keys.env.apply(lambda secret: [f"{k}={v}" for k, v in {**plain, **secret}.items()])
+        )
+        self.container = docker.Container(
+            f"{tenant}-agent-server",
+            name=f"openhands-{stack}-{tenant}",
+            image=image,
+            command=contract.args(),
+            envs=envs,
+            user=f"{contract.UID}:{contract.GID}",
+            volumes=[
+                docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=contract.DATA_DIR)
+            ],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[f"agent-{tenant}"])],
+            healthcheck=healthcheck(),
+            restart="unless-stopped",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+            security_opts=["no-new-privileges"],
+            memory=cfg.resources.memory,
+            cpus=str(cfg.resources.cpu),
+            log_driver="json-file",
+            log_opts={"max-size": "10m", "max-file": "5"},
+            labels=[
+                *_labels(contract.ROLE, tenant),
+                # A key rotation changes the env; the label makes the replacement visible in diffs.
+                docker.ContainerLabelArgs(label="dev.openhands.keys-checksum", value=keys.checksum),
+            ],
+            # `pulumi up` waits for the healthcheck, so a broken rollout fails the update.
+            wait=True,
+            wait_timeout=contract.STARTUP_BUDGET_SECONDS + 60,
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+        self.register_outputs({"container": self.container.name, "volume": self.volume.name})
+
+
+class TlsProxy(pulumi.ComponentResource):
+    """Caddy: the only published container. HTTPS per tenant host, HTTP only redirects."""
+
+    container: docker.Container
+    data: docker.Volume
+    caddyfile: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        image: pulumi.Input[str],
+        network: docker.Network,
+        sites: Mapping[str, pulumi.Input[str]],
+        cfg: StackConfig,
+        tls_files: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("openhands:docker:TlsProxy", name, None, opts)
+        settings = cfg.settings
+        stack = pulumi.get_stack()
+        child = pulumi.ResourceOptions(parent=self)
+        tenants = list(sites)
+        mode = settings.tls_mode
+        if mode == "selfsigned" and tls_files is None:
+            raise ValueError("tls 'selfsigned' needs a certificate and key")
+
+        self.caddyfile = pulumi.Output.all(*[sites[t] for t in tenants]).apply(
+            lambda hosts: caddy.caddyfile(
+                {h: upstream(t) for t, h in zip(tenants, hosts, strict=True)},
+                tls=mode,
+                http_port=settings.http_port,
+                https_port=settings.https_port,
+                acme_email=settings.acme_email,
+            )
+        )
+        uploads = [docker.ContainerUploadArgs(file=caddy.CONFIG_PATH, content=self.caddyfile)]
+        if tls_files is not None:
+            cert, key = tls_files
+            uploads += [
+                docker.ContainerUploadArgs(file=caddy.CERT_PATH, content=cert),
+                docker.ContainerUploadArgs(
+                    file=caddy.KEY_PATH,
+                    content_base64=pulumi.Output.secret(
+                        pulumi.Output.from_input(key).apply(lambda k: base64.b64encode(k.encode()).decode())
+                    ),
+                ),
+            ]
+        # Certificates, the ACME account and the internal CA; kept so a redeploy does not
+        # re-issue certificates (Let's Encrypt rate limits) or change the local root.
+        self.data = docker.Volume(
+            f"{name}-data",
+            name=f"openhands-{stack}-caddy-data",
+            opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
+        )
+        self.container = docker.Container(
+            f"{name}-caddy",
+            name=f"openhands-{stack}-proxy",
+            image=image,
+            command=["caddy", "run", "--config", caddy.CONFIG_PATH, "--adapter", "caddyfile"],
+            uploads=uploads,
+            # Caddy listens on the published port numbers themselves, so its HTTP->HTTPS
+            # redirect points at the port clients actually use.
+            ports=[
+                docker.ContainerPortArgs(internal=settings.https_port, external=settings.https_port),
+                docker.ContainerPortArgs(internal=settings.http_port, external=settings.http_port),
+            ],
+            volumes=[docker.ContainerVolumeArgs(volume_name=self.data.name, container_path=caddy.DATA_DIR)],
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
+            restart="unless-stopped",
+            capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["NET_BIND_SERVICE"]),
+            security_opts=["no-new-privileges"],
+            log_driver="json-file",
+            log_opts={"max-size": "10m", "max-file": "5"},
+            labels=_labels("tls-proxy"),
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
+        )
+        self.register_outputs({"caddyfile": self.caddyfile})
+
+
+class DockerHost(pulumi.ComponentResource):
+    """All tenants on one Docker engine: a private network, the pinned images, one
+    agent server per tenant, and the TLS proxy. The engine comes from the provider
+    passed in ``opts`` (local socket, DOCKER_HOST URL, or ssh:// to a VM)."""
+
+    network: docker.Network
+    image: docker.RemoteImage
+    proxy_image: docker.RemoteImage
+    servers: dict[str, AgentServer]
+    proxy: TlsProxy
+    urls: dict[str, pulumi.Output[str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cfg: StackConfig,
+        keys: Mapping[str, TenantKeys],
+        hosts: Mapping[str, pulumi.Input[str]],
+        tls_files: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
+        volume_driver_opts: Mapping[str, Mapping[str, pulumi.Input[str]]] | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("openhands:docker:DockerHost", name, None, opts)
+        settings = cfg.settings
+        stack = pulumi.get_stack()
+        child = pulumi.ResourceOptions(parent=self)
+
+        # Internal network: agent servers get outbound access through the bridge's NAT,
+        # but no port of theirs is published; only the proxy is.
+        self.network = docker.Network(f"{name}-network", name=f"openhands-{stack}", opts=child)
+        self.image = docker.RemoteImage(f"{name}-agent-image", name=cfg.image, keep_locally=True, opts=child)
+        self.proxy_image = docker.RemoteImage(
+            f"{name}-proxy-image", name=settings.caddy_image, keep_locally=True, opts=child
+        )
+        self.servers = {
+            t: AgentServer(
+                t,
+                image=self.image.image_id,
+                network=self.network,
+                keys=keys[t],
+                cfg=cfg,
+                volume_driver_opts=(volume_driver_opts or {}).get(t),
+                opts=child,
+            )
+            for t in cfg.tenants
+        }
+        self.proxy = TlsProxy(
+            f"{name}-proxy",
+            image=self.proxy_image.image_id,
+            network=self.network,
+            sites=hosts,
+            cfg=cfg,
+            tls_files=tls_files,
+            opts=child.merge(pulumi.ResourceOptions(depends_on=list(self.servers.values()))),
+        )
+        port = "" if settings.https_port == 443 else f":{settings.https_port}"
+        self.urls = {t: pulumi.Output.concat("https://", hosts[t], port) for t in cfg.tenants}
+        self.register_outputs({"urls": self.urls})
+
+
+def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
+    """The local (or DOCKER_HOST) engine."""
+    settings = cfg.settings
+    provider = docker.Provider("docker-engine", host=settings.host)
+    host = DockerHost(
+        "docker",
+        cfg=cfg,
+        keys=keys,
+        hosts={t: settings.host_for(t) for t in cfg.tenants},
+        opts=pulumi.ResourceOptions(providers={"docker": provider}),
+    )
+    exports = {"caddyfile": host.proxy.caddyfile}
+    if settings.tls_mode == "internal":
+        exports["caCertificate"] = (
+            "Caddy's local root: docker cp "
+            f"openhands-{pulumi.get_stack()}-proxy:{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt ."
+        )
+    return Deployment(resource=host, urls=host.urls, exports=exports)
