@@ -20,6 +20,16 @@ DEFAULT_IMAGE = f"{IMAGE_REPOSITORY}:{AGENT_SERVER_VERSION}-python"
 
 PORT = 8000
 PORT_NAME = "http"
+# The server binary in the image; the image's ENTRYPOINT runs it under tini. Runtimes that
+# clear the entrypoint (Modal) start it themselves: ``command()``.
+SERVER_BINARY = "/usr/local/bin/openhands-agent-server"
+# CPython of the image's base (python-node-runtime: Python 3.13). Runtimes that add their
+# own interpreter (Modal's add_python) must match it.
+IMAGE_PYTHON_VERSION = "3.13"
+# Custom tool modules (e.g. the Agent Canvas UI tool) are imported from the dirs listed here.
+EXTRA_PYTHON_PATH_ENV = "OH_EXTRA_PYTHON_PATH"
+TOOLS_DIR = "/opt/openhands/tools"
+
 # The server picks 127.0.0.1 when no key is set at boot; we always pass the host
 # explicitly so a container is reachable through its network namespace.
 ARGS: tuple[str, ...] = ("--host", "0.0.0.0", "--port", str(PORT))
@@ -161,6 +171,11 @@ def map_paths(env: Mapping[str, str], mapping: Mapping[str, str]) -> dict[str, s
 
 def args() -> list[str]:
     return list(ARGS)
+
+
+def command() -> list[str]:
+    """The full server command, for runtimes that do not use the image's entrypoint."""
+    return [SERVER_BINARY, *ARGS]
 
 
 def state_paths() -> Sequence[str]:
