@@ -81,6 +81,19 @@ AUTH_HEADER = "X-Session-API-Key"
 # How every model labels/tags the agent-server workload, so policies can find it.
 ROLE = "agent-server"
 
+# What the smoke test (components/smoke.py) calls on every tenant, besides READINESS_PROBE:
+# an authenticated REST call (401 without the key) and the WebSocket first-message auth.
+# A good key gets no reply and the socket stays open; a wrong key is closed with 4001
+# within milliseconds (observed on 1.58.0).
+AUTH_CHECK_PATH = "/api/conversations/count"
+WS_CHECK_PATH = "/sockets/bash-events"
+WS_AUTH_FAILED_CLOSE_CODE = 4001
+
+
+def ws_auth_frame(key: str) -> dict[str, str]:
+    """The first frame a WebSocket client sends to authenticate."""
+    return {"type": "auth", "session_api_key": key}
+
 
 @dataclass(frozen=True)
 class KeyValues:
