@@ -26,6 +26,8 @@ SERVER_BINARY = "/usr/local/bin/openhands-agent-server"
 # CPython of the image's base (python-node-runtime: Python 3.13). Runtimes that add their
 # own interpreter (Modal's add_python) must match it.
 IMAGE_PYTHON_VERSION = "3.13"
+# The image's WORKDIR: the server resolves its relative defaults (the config file) from here.
+IMAGE_WORKDIR = "/"
 # Custom tool modules (e.g. the Agent Canvas UI tool) are imported from the dirs listed here.
 EXTRA_PYTHON_PATH_ENV = "OH_EXTRA_PYTHON_PATH"
 TOOLS_DIR = "/opt/openhands/tools"
