@@ -326,6 +326,42 @@ class ModalSettings(Settings):
         return self
 
 
+# --------------------------------------------------------------------------- promotion
+
+_STACK_REF = r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class EmergencyOverride(Settings):
+    """Break-glass: deploy something dev did not run. Logged in the stack outputs."""
+
+    image: ImageRef | None = None  # None: still dev's image, only the contract check is waived
+    reason: str = Field(max_length=500)
+
+    @field_validator("reason")
+    @classmethod
+    def _real_reason(cls, value: str) -> str:
+        if len(value.strip()) < 10:
+            raise ValueError("give a real reason (at least 10 characters, e.g. an incident id and why)")
+        return value.strip()
+
+
+class PromotionSettings(Settings):
+    """Prod promotes dev's image and contract version instead of choosing its own (components/promotion.py)."""
+
+    from_stack: str  # <org>/<project>/<stack>; DIY backends use organization/<project>/<stack>
+    emergency_override: EmergencyOverride | None = None
+
+    @field_validator("from_stack")
+    @classmethod
+    def _qualified(cls, value: str) -> str:
+        if not re.match(_STACK_REF, value):
+            raise ValueError(
+                f"{value!r} is not a fully qualified stack name; use <org>/<project>/<stack>, e.g. "
+                "organization/openhands/dev on a DIY backend or acme/openhands/dev on Pulumi Cloud"
+            )
+        return value
+
+
 # --------------------------------------------------------------------------- stack
 
 
@@ -341,6 +377,7 @@ class StackConfig(Settings):
     kubernetes: KubernetesSettings | None = None
     ecs: EcsSettings | None = None
     modal: ModalSettings | None = None
+    promotion: PromotionSettings | None = None
 
     @field_validator("tenants")
     @classmethod
