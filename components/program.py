@@ -12,7 +12,7 @@ from typing import Any
 
 import pulumi
 
-from components import config, contract
+from components import config, contract, promotion
 
 
 @dataclass
@@ -36,6 +36,9 @@ def model_module(cfg: config.StackConfig) -> str:
 def run() -> dict[str, Any]:
     """Build the stack and return its exports (also registered with ``pulumi.export``)."""
     cfg = config.load()  # raises ConfigError before anything is registered
+    # A promoting stack (prod) deploys the image its fromStack (dev) ran; see components/promotion.py.
+    promoted = promotion.resolve(cfg)
+    cfg = promoted.cfg
     build = importlib.import_module(model_module(cfg)).build
 
     from components.keys import tenant_keys
@@ -48,6 +51,7 @@ def run() -> dict[str, Any]:
         "apiKey": pulumi.Output.secret({t: k.api_key for t, k in keys.items()}),
         "image": deployment.image if deployment.image is not None else cfg.image,
         "contractVersion": contract.CONTRACT_VERSION,
+        **promoted.exports,
         **deployment.exports,
     }
     for name, value in exports.items():
