@@ -165,11 +165,4 @@ def assumed_stack_outputs(stack: str) -> dict[str, dict[str, Any]]:
     except FileNotFoundError:
         source_cfg = {}
     image = source_cfg.get(f"{NAMESPACE}:image", contract.DEFAULT_IMAGE)
-    tenants = source_cfg.get(f"{NAMESPACE}:tenants", ["default"])
-    return {
-        source: {
-            "image": image,
-            "contractVersion": contract.CONTRACT_VERSION,
-            "url": {t: f"https://{t}.example.invalid" for t in tenants},
-        }
-    }
+    return {source: {"image": image, "contractVersion": contract.CONTRACT_VERSION}}
