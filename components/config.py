@@ -132,29 +132,55 @@ class SuppliedKeys(Settings):
 # --------------------------------------------------------------------------- docker
 
 
+# Architectures by instance family: a "g" among the letters after the generation digit
+# means Graviton (t4g, m7g, c7gn, r6gd); everything else here is x86_64.
+_GRAVITON_RE = re.compile(r"^[a-z]+\d+[a-z-]*g[a-z-]*\.")
+# Widest source range accepted for SSH: anything wider is "the internet" in practice.
+_MIN_ADMIN_PREFIX = {4: 8, 6: 32}
+
+
 class VmSettings(Settings):
     """The EC2 VM that hosts the Docker engine when ``docker.engine`` is ``vm``."""
 
     instance_type: str = Field("t3.large", pattern=r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$")
-    os: Literal["ubuntu-24.04", "debian-12"] = "ubuntu-24.04"
+    # Debian 12 is not offered: its docker.io (20.10, API 1.41) rejects the healthcheck's
+    # start interval, which needs Docker API 1.44 (Engine 25). Ubuntu backports Docker to LTS.
+    os: Literal["ubuntu-24.04", "debian-13"] = "ubuntu-24.04"
     vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
     subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
     ssh_public_key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
     ssh_private_key_path: str | None = None
-    admin_cidrs: list[Cidr] = Field(min_length=1)
+    admin_cidrs: list[Cidr] = Field(default_factory=list, validate_default=True)
     ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
     root_volume_size: int = Field(30, ge=8, le=1024)
     data_volume_size: int = Field(50, ge=1, le=16384)
     data_volume_type: Literal["gp3", "gp2", "io2", "st1"] = "gp3"
+    data_volume_iops: int | None = Field(None, ge=100, le=256000)
+    # Restore: create the data volume from this snapshot instead of empty.
+    data_snapshot_id: str | None = Field(None, pattern=r"^snap-[0-9a-f]{8,17}$")
+    # Daily EBS snapshots of the data volume kept by Data Lifecycle Manager; 0 turns them off.
+    daily_snapshots: int = Field(7, ge=0, le=1000)
     hosted_zone_id: str | None = Field(None, pattern=r"^Z[0-9A-Z]{1,32}$")
 
     @field_validator("admin_cidrs")
     @classmethod
     def _no_world_ssh(cls, cidrs: list[str]) -> list[str]:
+        if not cidrs:
+            raise ValueError(
+                "is required: list the networks allowed to SSH (22) to the VM, e.g. [203.0.113.7/32]; "
+                "SSH is never opened to 0.0.0.0/0"
+            )
         for cidr in cidrs:
-            if ipaddress.ip_network(cidr).prefixlen == 0:
+            net = ipaddress.ip_network(cidr)
+            if net.prefixlen == 0:
                 raise ValueError(
-                    f"{cidr} would open SSH (22) to the whole internet; give your admin network, e.g. 203.0.113.7/32"
+                    f"{cidr} would open SSH (22) to the whole internet; "
+                    "give your admin network, e.g. 203.0.113.7/32"
+                )
+            if net.prefixlen < _MIN_ADMIN_PREFIX[net.version]:
+                raise ValueError(
+                    f"{cidr} is too wide for SSH (22); use /{_MIN_ADMIN_PREFIX[net.version]} or narrower, "
+                    "e.g. 203.0.113.7/32"
                 )
         return cidrs
 
@@ -162,11 +188,19 @@ class VmSettings(Settings):
     def _subnet_needs_vpc(self) -> VmSettings:
         if self.subnet_id and not self.vpc_id:
             raise ValueError("subnetId needs vpcId (the security group is created in that VPC)")
+        if self.vpc_id and not self.subnet_id:
+            raise ValueError("vpcId needs subnetId (a public subnet of that VPC for the instance)")
+        if self.data_volume_iops is not None and self.data_volume_type not in ("gp3", "io2"):
+            raise ValueError("dataVolumeIops applies only to dataVolumeType gp3 or io2")
         return self
 
     @property
     def ssh_user(self) -> str:
         return "ubuntu" if self.os.startswith("ubuntu") else "admin"
+
+    @property
+    def architecture(self) -> str:
+        return "arm64" if _GRAVITON_RE.match(self.instance_type) else "x86_64"
 
 
 class DockerSettings(Settings):
@@ -201,7 +235,30 @@ class DockerSettings(Settings):
             raise ValueError("tls 'internal' is for a local engine; on a VM use 'acme' (with a domain) or 'selfsigned'")
         if self.vm and self.vm.hosted_zone_id and not self.domain:
             raise ValueError("vm.hostedZoneId needs 'domain' (records are <tenant>.<domain>)")
+        if self.engine == "vm":
+            self._vm_checks()
         return self
+
+    def _vm_checks(self) -> None:
+        """On a VM a domain means Let's Encrypt, which must be able to reach ports 80/443."""
+        assert self.vm is not None
+        if 22 in (self.https_port, self.http_port):
+            raise ValueError("httpsPort/httpPort cannot be 22 on a VM: the security group keeps 22 for SSH")
+        if self.domain and self.tls is None and not self.acme_email:
+            raise ValueError(
+                "with a 'domain' the VM gets Let's Encrypt certificates: set 'acmeEmail', "
+                "or set tls: selfsigned to use the stack's own CA instead"
+            )
+        if self.tls_mode == "acme":
+            if (self.https_port, self.http_port) != (443, 80):
+                raise ValueError(
+                    "tls 'acme' on a VM needs httpsPort 443 and httpPort 80 (the ACME challenges use them)"
+                )
+            if "0.0.0.0/0" not in self.vm.ingress_cidrs:
+                raise ValueError(
+                    "tls 'acme' needs vm.ingressCidrs to include 0.0.0.0/0: Let's Encrypt validates from "
+                    "addresses it does not publish; use tls: selfsigned for a private VM"
+                )
 
     @property
     def tls_mode(self) -> str:

@@ -81,6 +81,7 @@ RESOURCE_OUTPUTS: dict[str, Callable[[str, dict], dict]] = {
     "aws:secretsmanager/secret:Secret": lambda n, i: {"arn": _arn("secretsmanager", f"secret:{i.get('name', n)}-AbCdEf")},
     "aws:ec2/eip:Eip": lambda n, i: {"publicIp": "203.0.113.10", "allocationId": "eipalloc-0123456789abcdef0"},
     "aws:ec2/instance:Instance": lambda n, i: {"privateIp": "10.0.1.10", "availabilityZone": f"{REGION}a"},
+    "aws:ebs/volume:Volume": lambda n, i: {"id": "vol-0" + hashlib.sha256(n.encode()).hexdigest()[:16]},
     "aws:route53/record:Record": lambda n, i: {"fqdn": str(i.get("name", n)).rstrip(".")},
     "aws:cloudwatch/logGroup:LogGroup": lambda n, i: {"arn": _arn("logs", f"log-group:{i.get('name', n)}")},
     "tls:index/privateKey:PrivateKey": lambda n, i: {
