@@ -37,8 +37,12 @@ def caddyfile(
         # Never touch the host's trust store; clients trust the exported root instead.
         glob.append("\tskip_install_trust")
     out = ["# Rendered by openhands-deploy from the stack config. Edits are overwritten.", "{", *glob, "}", ""]
+    public_port = "" if https_port == 443 else f":{https_port}"
     for host, upstream in sites.items():
-        out.append(f"{host} {{")
+        # An explicit redirect: Caddy's automatic one drops a non-default HTTPS port.
+        # ACME HTTP-01 challenges are still answered on this listener first.
+        out += [f"http://{host} {{", f"\tredir https://{host}{public_port}{{uri}} 308", "}", ""]
+        out.append(f"https://{host} {{")
         if tls == "internal":
             out.append("\ttls internal")
         elif tls == "selfsigned":

@@ -78,7 +78,9 @@ RESOURCE_OUTPUTS: dict[str, Callable[[str, dict], dict]] = {
     "aws:efs/fileSystem:FileSystem": lambda n, i: {"id": "fs-0123456789abcdef0", "arn": _arn("elasticfilesystem",
                                                                                           "file-system/fs-0123456789abcdef0")},
     "aws:efs/accessPoint:AccessPoint": lambda n, i: {"arn": _arn("elasticfilesystem", f"access-point/fsap-{n}")},
-    "aws:secretsmanager/secret:Secret": lambda n, i: {"arn": _arn("secretsmanager", f"secret:{i.get('name', n)}-AbCdEf")},
+    "aws:secretsmanager/secret:Secret": lambda n, i: {
+        "arn": _arn("secretsmanager", f"secret:{i.get('name', n)}-AbCdEf")
+    },
     "aws:ec2/eip:Eip": lambda n, i: {"publicIp": "203.0.113.10", "allocationId": "eipalloc-0123456789abcdef0"},
     "aws:ec2/instance:Instance": lambda n, i: {"privateIp": "10.0.1.10", "availabilityZone": f"{REGION}a"},
     "aws:ebs/volume:Volume": lambda n, i: {"id": "vol-0" + hashlib.sha256(n.encode()).hexdigest()[:16]},
@@ -98,13 +100,15 @@ RESOURCE_OUTPUTS: dict[str, Callable[[str, dict], dict]] = {
     "tls:index/certRequest:CertRequest": lambda n, i: {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"},
     "docker:index/remoteImage:RemoteImage": lambda n, i: {
         "imageId": "sha256:" + hashlib.sha256(str(i.get("name")).encode()).hexdigest(),
-        "repoDigest": f"{str(i.get('name')).split(':')[0]}@sha256:" + hashlib.sha256(str(i.get("name")).encode()).hexdigest(),
+        "repoDigest": f"{str(i.get('name')).split(':')[0]}@sha256:"
+        + hashlib.sha256(str(i.get("name")).encode()).hexdigest(),
     },
 }
 
 # Canned results for provider functions (invokes), by token.
 CALL_RESULTS: dict[str, Callable[[dict], dict]] = {
-    "aws:index/getCallerIdentity:getCallerIdentity": lambda a: {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci",
+    "aws:index/getCallerIdentity:getCallerIdentity": lambda a: {
+        "accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/ci",
                                                                 "userId": "AIDAEXAMPLE", "id": ACCOUNT},
     "aws:index/getRegion:getRegion": lambda a: {"name": REGION, "region": REGION, "id": REGION},
     "aws:index/getPartition:getPartition": lambda a: {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"},
@@ -119,7 +123,8 @@ CALL_RESULTS: dict[str, Callable[[dict], dict]] = {
                                                 "id": "subnets"},
     "aws:ec2/getSubnet:getSubnet": lambda a: {"id": a.get("id") or "subnet-0a1b2c3d4e5f60001",
                                               "availabilityZone": f"{REGION}a", "vpcId": "vpc-0a1b2c3d4e5f60708"},
-    "aws:route53/getZone:getZone": lambda a: {"id": a.get("zoneId") or "Z0123456789ABCDEFGHIJ", "zoneId": a.get("zoneId")
+    "aws:route53/getZone:getZone": lambda a: {
+        "id": a.get("zoneId") or "Z0123456789ABCDEFGHIJ", "zoneId": a.get("zoneId")
                                               or "Z0123456789ABCDEFGHIJ", "name": a.get("name") or "example.com"},
     "aws:iam/getPolicyDocument:getPolicyDocument": lambda a: {"json": json.dumps(_policy_doc(a)), "id": "policy"},
 }
@@ -368,12 +373,19 @@ def render(
             lambda _: pulumi.Output.from_input(secretness())
         )
 
+    global last_resources
+    last_resources = monitor.records
     try:
         _run()
     finally:
         pulumi.runtime.set_all_config({}, [])
     result.resources = monitor.records
     return result
+
+
+# What the most recent render registered, even when it raised (tests use it to show a
+# config error registered nothing).
+last_resources: list[Resource] = []
 
 
 def imported_sdks() -> list[str]:

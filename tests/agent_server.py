@@ -168,7 +168,8 @@ def wait_ready(server: AgentServer, budget: float = contract.STARTUP_BUDGET_SECO
     t0 = time.monotonic()
     while time.monotonic() - t0 < budget:
         if server.process.poll() is not None:
-            raise AssertionError(f"agent server exited with {server.process.returncode}:\n{server.log.read_text()[-3000:]}")
+            tail = server.log.read_text()[-3000:]
+            raise AssertionError(f"agent server exited with {server.process.returncode}:\n{tail}")
         try:
             status, _ = server.get(contract.READINESS_PROBE.path)
             if status == 200:

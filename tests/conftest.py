@@ -29,3 +29,24 @@ def start_agent_server(tmp_path: Path) -> Iterator:
     yield _start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+def run_caddy(tmp_path: Path) -> Iterator:
+    """Factory: ``run_caddy(caddyfile, upstreams=..., files=...)`` runs Debian's caddy on loopback.
+
+    See tests/caddy_proxy.py; every caddy it started is stopped by PID at teardown.
+    """
+    from tests import caddy_proxy
+
+    started: list = []
+
+    def _run(caddyfile: str, **kw):
+        kw.setdefault("workdir", tmp_path / f"caddy{len(started)}")
+        server = caddy_proxy.serve(caddyfile, **kw)
+        started.append(server)
+        return server
+
+    yield _run
+    for server in started:
+        server.stop()

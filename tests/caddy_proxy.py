@@ -1,0 +1,151 @@
+"""Run Debian's ``caddy`` with a rendered Caddyfile on loopback, in front of real servers.
+
+The rendered Caddyfile is used as-is except for two mechanical rewrites a container
+network does for us in production: upstream dial addresses (``agent-<t>:8000``) become
+the loopback address of the real server, and in-container file paths (certificates)
+become temp copies. Ports come from the render itself (render with free ports).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def caddy_binary() -> str:
+    exe = shutil.which("caddy")
+    if exe is None:
+        raise RuntimeError("caddy is not installed (apt-get install caddy)")
+    return exe
+
+
+class _LoopbackHTTPS(http.client.HTTPSConnection):
+    """HTTPS to 127.0.0.1 with SNI and certificate checks for ``host``."""
+
+    def connect(self) -> None:
+        sock = socket.create_connection(("127.0.0.1", self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+
+
+def _ports(caddyfile: str) -> tuple[int, int]:
+    http_port = https_port = 0
+    for line in caddyfile.splitlines():
+        parts = line.split()
+        if parts[:1] == ["http_port"]:
+            http_port = int(parts[1])
+        if parts[:1] == ["https_port"]:
+            https_port = int(parts[1])
+    return http_port, https_port
+
+
+@dataclass
+class Caddy:
+    process: subprocess.Popen
+    workdir: Path
+    http_port: int
+    https_port: int
+    log: Path
+
+    @property
+    def internal_root(self) -> Path:
+        """Caddy's local CA root (``tls internal``)."""
+        return self.workdir / "data" / "caddy" / "pki" / "authorities" / "local" / "root.crt"
+
+    def https(self, host: str, path: str, cafile: Path | str, headers: Mapping[str, str] | None = None,
+              timeout: float = 10) -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(cafile))
+        conn = _LoopbackHTTPS(host, self.https_port, context=ctx, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Host": f"{host}:{self.https_port}", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode()
+        finally:
+            conn.close()
+
+    def http(self, host: str, path: str, timeout: float = 10) -> tuple[int, str | None]:
+        """Plain HTTP; returns (status, Location header)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            conn.request("GET", path, headers={"Host": f"{host}:{self.http_port}"})
+            resp = conn.getresponse()
+            return resp.status, resp.getheader("Location")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+
+
+def serve(
+    caddyfile: str,
+    *,
+    upstreams: Mapping[str, str],
+    workdir: Path,
+    files: Mapping[str, str] | None = None,
+    wait_for_cert: str | None = None,
+) -> Caddy:
+    """Start caddy with ``caddyfile``; see the module doc for the two rewrites.
+
+    ``wait_for_cert`` names a host whose certificate must be served before returning.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    text = caddyfile
+    for src, dst in upstreams.items():
+        assert src in text, f"upstream {src} not in the rendered Caddyfile"
+        text = text.replace(src, dst)
+    for path, content in (files or {}).items():
+        assert path in text, f"file {path} not referenced by the rendered Caddyfile"
+        local = workdir / "files" / path.lstrip("/")
+        local.parent.mkdir(parents=True, exist_ok=True)
+        local.write_text(content)
+        text = text.replace(path, str(local))
+    conf = workdir / "Caddyfile"
+    conf.write_text(text)
+    http_port, https_port = _ports(text)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(workdir),
+        "XDG_DATA_HOME": str(workdir / "data"),
+        "XDG_CONFIG_HOME": str(workdir / "config"),
+    }
+    log = workdir / "caddy.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [caddy_binary(), "run", "--config", str(conf), "--adapter", "caddyfile"],
+            env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    server = Caddy(process=proc, workdir=workdir, http_port=http_port, https_port=https_port, log=log)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"caddy exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", https_port), timeout=1) as s:
+                if wait_for_cert is None:
+                    break
+                ctx = ssl.create_default_context()
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+                with ctx.wrap_socket(s, server_hostname=wait_for_cert):
+                    break
+        except (OSError, ssl.SSLError):
+            time.sleep(0.2)
+    else:
+        server.stop()
+        raise AssertionError(f"caddy did not serve https on {https_port}:\n{log.read_text()[-3000:]}")
+    return server
