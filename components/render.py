@@ -98,6 +98,10 @@ RESOURCE_OUTPUTS: dict[str, Callable[[str, dict], dict]] = {
         "certPem": f"-----BEGIN CERTIFICATE-----\n{fake_secret(n, 'leaf')}\n-----END CERTIFICATE-----\n"
     },
     "tls:index/certRequest:CertRequest": lambda n, i: {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"},
+    # components/modal_deploy.py's dynamic resource: the web URL Modal gives the class's method.
+    "pulumi-python:dynamic/modal:App": lambda n, i: {
+        "url": f"https://mock-workspace--{str(i.get('appName')).lower()}-agentserver-serve.modal.run"
+    },
     "docker:index/remoteImage:RemoteImage": lambda n, i: {
         "imageId": "sha256:" + hashlib.sha256(str(i.get("name")).encode()).hexdigest(),
         "repoDigest": f"{str(i.get('name')).split(':')[0]}@sha256:"
