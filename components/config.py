@@ -275,38 +275,93 @@ class DockerSettings(Settings):
 # --------------------------------------------------------------------------- kubernetes
 
 
+_K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # RFC 1123 label: namespaces, classes, secrets
+_K8S_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # RFC 1123 subdomain: storage/ingress classes
+_K8S_QUANTITY = r"^[1-9][0-9]*(Mi|Gi|Ti)$"
+
+
 class IngressTls(Settings):
-    cluster_issuer: str | None = None
-    issuer: str | None = None
-    secret_name: str | None = None
+    """Where each tenant host's certificate comes from: a cert-manager issuer or an existing secret."""
+
+    cluster_issuer: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
+    issuer: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
+    secret_name: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> IngressTls:
         if sum(x is not None for x in (self.cluster_issuer, self.issuer, self.secret_name)) != 1:
-            raise ValueError("set exactly one of clusterIssuer, issuer (cert-manager) or secretName (existing TLS secret)")
+            raise ValueError(
+                "set exactly one of clusterIssuer, issuer (cert-manager issues a certificate per tenant) "
+                "or secretName (an existing TLS secret in the namespace, e.g. a wildcard for *.<domain>)"
+            )
         return self
 
 
 class Egress(Settings):
-    """Egress is open by default: agents need the internet and the LLM."""
+    """Egress is open by default: agents need the internet and the LLM.
 
-    allow_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD))
+    Narrow it with ``allowCidrs`` (and carve holes with ``exceptCidrs``, e.g. the cloud
+    metadata endpoint 169.254.169.254/32). DNS (port 53) stays allowed unless ``allowDns`` is false.
+    """
+
+    allow_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
     except_cidrs: list[Cidr] = []
     allow_dns: bool = True
 
+    @model_validator(mode="after")
+    def _excepts_inside(self) -> Egress:
+        allowed = [ipaddress.ip_network(c) for c in self.allow_cidrs]
+        for c in self.except_cidrs:
+            net = ipaddress.ip_network(c)
+            # The API server rejects an ipBlock.except that is not inside its cidr.
+            if not any(net.version == a.version and net.subnet_of(a) and net != a for a in allowed):
+                raise ValueError(f"exceptCidrs {c} is not strictly inside any of allowCidrs {self.allow_cidrs}")
+        return self
+
+    @property
+    def restricted(self) -> bool:
+        return sorted(self.allow_cidrs) != sorted(WORLD) or bool(self.except_cidrs)
+
 
 class KubernetesSettings(Settings):
-    namespace: str = Field("openhands", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """The Kubernetes model: one StatefulSet, Service, Ingress and NetworkPolicy per tenant."""
+
+    namespace: str = Field("openhands", pattern=_K8S_NAME)
     create_namespace: bool = True
-    kubeconfig: Secret | None = None
-    context: str | None = None
+    kubeconfig: Secret | None = None  # contents or path; None = ambient (KUBECONFIG / ~/.kube/config)
+    context: str | None = Field(None, min_length=1)
     domain: Domain
-    ingress_class: str = "nginx"
-    ingress_namespace: str = "ingress-nginx"
+    ingress_class: str = Field("nginx", pattern=_K8S_SUBDOMAIN)
+    ingress_namespace: str = Field("ingress-nginx", pattern=_K8S_NAME)
+    ingress_annotations: dict[str, str] = {}
     tls: IngressTls
-    storage_class: str | None = None
-    storage_size: str = Field("10Gi", pattern=r"^[1-9][0-9]*(Mi|Gi|Ti)$")
+    storage_class: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
+    storage_size: str = Field("10Gi", pattern=_K8S_QUANTITY)
+    access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteOnce"
+    scratch_size: str = Field("4Gi", pattern=_K8S_QUANTITY)
     egress: Egress = Egress()
+
+    @field_validator("ingress_annotations")
+    @classmethod
+    def _annotation_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        key_re = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+        for key in value:
+            if not key_re.match(key):
+                raise ValueError(f"{key!r} is not a valid annotation key ([prefix/]name)")
+            if key.startswith("cert-manager.io/"):
+                raise ValueError(f"{key!r}: set the issuer with tls.clusterIssuer / tls.issuer, not an annotation")
+        return value
+
+    @model_validator(mode="after")
+    def _reuse_needs_namespace(self) -> KubernetesSettings:
+        if self.namespace in ("kube-system", "kube-public", "kube-node-lease"):
+            raise ValueError(f"namespace {self.namespace!r} is reserved for the cluster; choose another")
+        if self.create_namespace and self.namespace == "default":
+            raise ValueError("namespace 'default' always exists; set createNamespace: false to reuse it")
+        return self
+
+    def host_for(self, tenant: str) -> str:
+        return f"{tenant}.{self.domain}"
 
 
 # --------------------------------------------------------------------------- ecs
@@ -687,13 +742,13 @@ def parse(values: Mapping[str, Any], secret_keys: set[str] | frozenset[str] = fr
                 f"  - {NAMESPACE}:{key}: holds keys but is stored in plain text; set it with "
                 f"`pulumi config set --secret --path '{key}.<tenant>.sessionApiKey' ...`"
             )
-    k8s = values.get("kubernetes")
+    k8s = _decode(values.get("kubernetes"))  # Pulumi hands objects over as JSON strings
     if isinstance(k8s, dict) and k8s.get("kubeconfig") and "kubernetes" not in secret_keys:
         problems.append(
             f"  - {NAMESPACE}:kubernetes.kubeconfig: a kubeconfig is a credential; set it with "
             "`pulumi config set --secret --path kubernetes.kubeconfig < ~/.kube/config`"
         )
-    modal = values.get("modal")
+    modal = _decode(values.get("modal"))
     if isinstance(modal, dict) and modal.get("tokenSecret") and "modal" not in secret_keys:
         problems.append(
             f"  - {NAMESPACE}:modal.tokenSecret: a Modal token is a credential; set it with "

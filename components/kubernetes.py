@@ -1,0 +1,398 @@
+"""Kubernetes model: one agent server per tenant, each with its own state volume.
+
+Per tenant, in one namespace (created or reused): a Secret with the keys, a
+ServiceAccount without a token, a single-replica StatefulSet whose claim holds every
+state path, a ClusterIP Service, an Ingress with TLS on ``<tenant>.<domain>``, and a
+NetworkPolicy that admits only the ingress controller's namespace.
+
+Why a StatefulSet (1 replica + volumeClaimTemplate) rather than a Deployment with
+``Recreate`` and a PVC: the agent server keeps its state in files, and two processes on
+one volume serve stale catalogs and 404s (agent_server_facts.md §5). A StatefulSet
+guarantees *at most one* pod per ordinal: it never starts ``-0`` again until the old
+``-0`` is confirmed gone, even when its node is unreachable. A Deployment's ReplicaSet
+counts a Terminating pod as gone and can start its replacement next to it. The claim is
+also named by the StatefulSet (``state-agent-<tenant>-0``), so after a ``pulumi
+destroy`` that retained it, the next ``pulumi up`` re-attaches the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components import contract
+from components.config import KubernetesSettings, StackConfig
+from components.keys import TenantKeys
+from components.program import Deployment
+
+TENANT_LABEL = "openhands.dev/tenant"
+CHECKSUM_ANNOTATION = "openhands.dev/keys-checksum"
+STATE_VOLUME = "state"
+# Long-lived WebSockets on /sockets/*: the server pings every 20 s, but a controller's
+# default 60 s read timeout still cuts a quiet stream. One hour, in each controller's terms.
+WEBSOCKET_TIMEOUT_SECONDS = 3600
+# The server shuts down cleanly in ~1.5 s on SIGTERM and releases its conversation leases;
+# leave room for in-flight requests.
+TERMINATION_GRACE_SECONDS = 30
+
+
+def websocket_annotations() -> dict[str, str]:
+    """Timeouts for the common ingress controllers; each reads only its own prefix.
+
+    Traefik has no per-Ingress timeout: it passes WebSockets through and its limits are
+    entrypoint settings (see the README section)."""
+    t = WEBSOCKET_TIMEOUT_SECONDS
+    return {
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": str(t),
+        "nginx.ingress.kubernetes.io/proxy-send-timeout": str(t),
+        "haproxy.org/timeout-tunnel": f"{t}s",  # HAProxy Technologies controller
+        "haproxy-ingress.github.io/timeout-tunnel": f"{t}s",  # haproxy-ingress (community)
+    }
+
+
+def names(tenant: str) -> dict[str, str]:
+    """Explicit, stack-independent object names, so a re-created stack finds its claim."""
+    base = f"agent-{tenant}"
+    return {
+        "workload": base,
+        "service": base,
+        "secret": f"{base}-keys",
+        "service_account": base,
+        "ingress": base,
+        "network_policy": base,
+        "tls_secret": f"{base}-tls",
+        "claim": f"{STATE_VOLUME}-{base}-0",  # <template>-<statefulset>-<ordinal>
+    }
+
+
+def selector_labels(tenant: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "openhands-agent-server", "app.kubernetes.io/instance": f"agent-{tenant}"}
+
+
+def labels(tenant: str) -> dict[str, str]:
+    return {
+        **selector_labels(tenant),
+        "app.kubernetes.io/component": contract.ROLE,
+        "app.kubernetes.io/part-of": "openhands",
+        "app.kubernetes.io/managed-by": "pulumi",
+        TENANT_LABEL: tenant,
+    }
+
+
+def _probe(p: contract.Probe) -> dict[str, Any]:
+    # GET only: the server answers HEAD with 405.
+    return {
+        "httpGet": {"path": p.path, "port": contract.PORT_NAME, "scheme": "HTTP"},
+        "periodSeconds": p.period_seconds,
+        "timeoutSeconds": p.timeout_seconds,
+        "failureThreshold": p.failure_threshold,
+        "successThreshold": 1,
+    }
+
+
+def _resources(cfg: StackConfig) -> dict[str, Any]:
+    # requests == limits: Guaranteed QoS, so a busy node does not evict an agent mid-task.
+    cpu = f"{round(cfg.resources.cpu * 1000)}m"
+    memory = f"{cfg.resources.memory}Mi"
+    return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
+
+
+def _scratch_volume(path: str) -> str:
+    return "scratch-" + (path.strip("/").replace("/", "-") or "root")
+
+
+def network_policy_spec(tenant: str, settings: KubernetesSettings) -> dict[str, Any]:
+    """Ingress: the contract port, only from the ingress controller's namespace.
+    Egress: open unless ``egress`` narrows it; DNS stays reachable when narrowed."""
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(tenant)},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [
+            {
+                "from": [
+                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}}}
+                ],
+                "ports": [{"protocol": "TCP", "port": contract.PORT}],
+            }
+        ],
+    }
+    egress = settings.egress
+    if not egress.restricted:
+        spec["egress"] = [{}]  # everything: the internet, the LLM, in-cluster services
+        return spec
+    import ipaddress
+
+    rules: list[dict[str, Any]] = []
+    for cidr in egress.allow_cidrs:
+        net = ipaddress.ip_network(cidr)
+        inside = [
+            e for e in egress.except_cidrs
+            if ipaddress.ip_network(e).version == net.version and ipaddress.ip_network(e).subnet_of(net)
+        ]
+        block: dict[str, Any] = {"cidr": cidr}
+        if inside:
+            block["except"] = inside
+        rules.append({"to": [{"ipBlock": block}]})
+    if egress.allow_dns:
+        # Port 53 to any destination: works with CoreDNS, NodeLocal DNSCache and CNIs
+        # whose ipBlocks never match in-cluster pods (Cilium).
+        rules.append({"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]})
+    spec["egress"] = rules
+    return spec
+
+
+class AgentServer(pulumi.ComponentResource):
+    """One tenant's agent server and everything that reaches it."""
+
+    secret: k8s.core.v1.Secret
+    service_account: k8s.core.v1.ServiceAccount
+    stateful_set: k8s.apps.v1.StatefulSet
+    service: k8s.core.v1.Service
+    ingress: k8s.networking.v1.Ingress
+    network_policy: k8s.networking.v1.NetworkPolicy
+    url: pulumi.Output[str]
+
+    def __init__(
+        self,
+        tenant: str,
+        *,
+        namespace: pulumi.Input[str],
+        keys: TenantKeys,
+        cfg: StackConfig,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("openhands:kubernetes:AgentServer", tenant, None, opts)
+        settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
+        child = pulumi.ResourceOptions(parent=self)
+        n = names(tenant)
+        lbl = labels(tenant)
+        host = settings.host_for(tenant)
+
+        def meta(name: str, annotations: Mapping[str, pulumi.Input[str]] | None = None) -> dict[str, Any]:
+            m: dict[str, Any] = {"name": name, "namespace": namespace, "labels": lbl}
+            if annotations:
+                m["annotations"] = dict(annotations)
+            return m
+
+        # The keys, only here. The container reads each one with secretKeyRef.
+        self.secret = k8s.core.v1.Secret(
+            f"{tenant}-keys",
+            metadata=meta(n["secret"]),
+            type="Opaque",
+            string_data=keys.env,
+            opts=child,
+        )
+        # No API access: the agent runs arbitrary code, so it gets no token to use.
+        self.service_account = k8s.core.v1.ServiceAccount(
+            f"{tenant}-sa",
+            metadata=meta(n["service_account"]),
+            automount_service_account_token=False,
+            opts=child,
+        )
+
+        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.container_env().items()]
+        env += [
+            {"name": name, "valueFrom": {"secretKeyRef": {"name": n["secret"], "key": name}}}
+            for name in keys.env_names
+        ]
+        mounts = [{"name": STATE_VOLUME, "mountPath": contract.DATA_DIR}]
+        mounts += [{"name": _scratch_volume(p), "mountPath": p} for p in contract.SCRATCH_DIRS]
+        container = {
+            "name": contract.ROLE,
+            "image": cfg.image,
+            # A pinned tag or digest: a restart must not depend on the registry being up.
+            "imagePullPolicy": "IfNotPresent",
+            "args": contract.args(),
+            "ports": [{"name": contract.PORT_NAME, "containerPort": contract.PORT, "protocol": "TCP"}],
+            "env": env,
+            "startupProbe": _probe(contract.STARTUP_PROBE),
+            "readinessProbe": _probe(contract.READINESS_PROBE),
+            "livenessProbe": _probe(contract.LIVENESS_PROBE),
+            "resources": _resources(cfg),
+            "volumeMounts": mounts,
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": contract.UID,
+                "runAsGroup": contract.GID,
+                "allowPrivilegeEscalation": False,
+                "privileged": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+        }
+        claim_spec: dict[str, Any] = {
+            "accessModes": [settings.access_mode],
+            "resources": {"requests": {"storage": settings.storage_size}},
+        }
+        if settings.storage_class:
+            claim_spec["storageClassName"] = settings.storage_class
+        # The claim outlives the StatefulSet (pulumi destroy) unless retainData is false.
+        retention = "Retain" if cfg.retain_data else "Delete"
+        self.stateful_set = k8s.apps.v1.StatefulSet(
+            f"{tenant}-agent-server",
+            metadata=meta(n["workload"]),
+            spec={
+                "replicas": 1,  # never more: one pod per state volume
+                "serviceName": n["service"],
+                "podManagementPolicy": "OrderedReady",
+                "updateStrategy": {"type": "RollingUpdate"},  # 1 replica: stop -0, then start -0
+                "selector": {"matchLabels": selector_labels(tenant)},
+                "persistentVolumeClaimRetentionPolicy": {"whenDeleted": retention, "whenScaled": "Retain"},
+                "template": {
+                    "metadata": {
+                        "labels": lbl,
+                        # A rotation changes the checksum, so the pod rolls onto the new keys.
+                        "annotations": {CHECKSUM_ANNOTATION: keys.checksum},
+                    },
+                    "spec": {
+                        "serviceAccountName": n["service_account"],
+                        "automountServiceAccountToken": False,
+                        "enableServiceLinks": False,
+                        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": contract.UID,
+                            "runAsGroup": contract.GID,
+                            "fsGroup": contract.GID,
+                            # Skip the recursive chown of a large volume on every start.
+                            "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [container],
+                        # The root filesystem is read-only; these are the writable, disposable dirs.
+                        "volumes": [
+                            {"name": _scratch_volume(p), "emptyDir": {"sizeLimit": settings.scratch_size}}
+                            for p in contract.SCRATCH_DIRS
+                        ],
+                    },
+                },
+                "volumeClaimTemplates": [
+                    {"metadata": {"name": STATE_VOLUME, "labels": lbl}, "spec": claim_spec}
+                ],
+            },
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[self.secret, self.service_account])),
+        )
+        self.service = k8s.core.v1.Service(
+            f"{tenant}-service",
+            metadata=meta(n["service"]),
+            spec={
+                "type": "ClusterIP",
+                "selector": selector_labels(tenant),
+                "ports": [
+                    {"name": contract.PORT_NAME, "port": contract.PORT, "targetPort": contract.PORT_NAME,
+                     "protocol": "TCP"}
+                ],
+            },
+            opts=child,
+        )
+        annotations = websocket_annotations()
+        tls = settings.tls
+        if tls.cluster_issuer:
+            annotations["cert-manager.io/cluster-issuer"] = tls.cluster_issuer
+        elif tls.issuer:
+            annotations["cert-manager.io/issuer"] = tls.issuer
+        annotations.update(settings.ingress_annotations)
+        self.ingress = k8s.networking.v1.Ingress(
+            f"{tenant}-ingress",
+            metadata=meta(n["ingress"], annotations),
+            spec={
+                "ingressClassName": settings.ingress_class,
+                # cert-manager writes one secret per tenant; an existing secret is shared (a wildcard).
+                "tls": [{"hosts": [host], "secretName": tls.secret_name or n["tls_secret"]}],
+                "rules": [
+                    {
+                        "host": host,
+                        "http": {
+                            "paths": [
+                                {
+                                    "path": "/",
+                                    "pathType": "Prefix",
+                                    "backend": {
+                                        "service": {"name": n["service"], "port": {"name": contract.PORT_NAME}}
+                                    },
+                                }
+                            ]
+                        },
+                    }
+                ],
+            },
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[self.service])),
+        )
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{tenant}-netpol",
+            metadata=meta(n["network_policy"]),
+            spec=network_policy_spec(tenant, settings),
+            opts=child,
+        )
+        self.url = pulumi.Output.from_input(f"https://{host}")
+        self.register_outputs({"url": self.url, "claim": n["claim"]})
+
+
+class KubernetesDeployment(pulumi.ComponentResource):
+    """All tenants in one namespace. The cluster comes from the provider in ``opts``."""
+
+    namespace: k8s.core.v1.Namespace | None
+    namespace_name: pulumi.Output[str]
+    servers: dict[str, AgentServer]
+    urls: dict[str, pulumi.Output[str]]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        cfg: StackConfig,
+        keys: Mapping[str, TenantKeys],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("openhands:kubernetes:KubernetesDeployment", name, None, opts)
+        settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
+        child = pulumi.ResourceOptions(parent=self)
+        self.namespace = None
+        if settings.create_namespace:
+            # Deleting a namespace deletes every claim in it, so it is retained with the data.
+            self.namespace = k8s.core.v1.Namespace(
+                f"{name}-namespace",
+                metadata={
+                    "name": settings.namespace,
+                    "labels": {
+                        "app.kubernetes.io/part-of": "openhands",
+                        "app.kubernetes.io/managed-by": "pulumi",
+                        # The pods meet the "restricted" Pod Security Standard; enforce it.
+                        "pod-security.kubernetes.io/enforce": "restricted",
+                        "pod-security.kubernetes.io/warn": "restricted",
+                    },
+                },
+                opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
+            )
+            self.namespace_name = self.namespace.metadata.apply(lambda m: m.name)
+        else:
+            self.namespace_name = pulumi.Output.from_input(settings.namespace)
+        self.servers = {
+            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, opts=child) for t in cfg.tenants
+        }
+        self.urls = {t: s.url for t, s in self.servers.items()}
+        self.register_outputs({"urls": self.urls, "namespace": self.namespace_name})
+
+
+def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
+    settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
+    kubeconfig = (
+        pulumi.Output.secret(settings.kubeconfig.get_secret_value()) if settings.kubeconfig is not None else None
+    )
+    # Explicit provider: ambient kubeconfig (KUBECONFIG / ~/.kube/config) unless config gives one.
+    provider = k8s.Provider("kubernetes", kubeconfig=kubeconfig, context=settings.context)
+    deployment = KubernetesDeployment(
+        "kubernetes", cfg=cfg, keys=keys, opts=pulumi.ResourceOptions(providers={"kubernetes": provider})
+    )
+    return Deployment(
+        resource=deployment,
+        urls=deployment.urls,
+        exports={
+            "namespace": deployment.namespace_name,
+            "stateClaims": {t: names(t)["claim"] for t in cfg.tenants},
+        },
+    )

@@ -1,0 +1,424 @@
+"""The Kubernetes model, offline: rendered manifests, validators, and the real server.
+
+Every rendered object is checked with kubernetes-validate (strict) against the oldest
+and newest Kubernetes version we claim (SUPPORTED_VERSIONS), and with checkov; then the
+container spec taken from the rendered StatefulSet boots the real agent server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from components import contract
+from components.config import ConfigError
+from components.render import ROOT, Rendered, render
+from tests import checkov_runner
+
+STACK = "k8s"
+THREE = ["alpha", "bravo", "charlie"]
+# The range we claim (README): the oldest and newest schemas kubernetes-validate ships.
+SUPPORTED_VERSIONS = ("1.25.0", "1.37.0")
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def manifests(r: Rendered) -> list[dict[str, Any]]:
+    return [x.inputs for x in r.resources if x.type.startswith("kubernetes:")]
+
+
+def of_kind(r: Rendered, kind: str) -> list[dict[str, Any]]:
+    return [m for m in manifests(r) if m["kind"] == kind]
+
+
+def by_name(r: Rendered, kind: str) -> dict[str, dict[str, Any]]:
+    return {m["metadata"]["name"]: m for m in of_kind(r, kind)}
+
+
+def tenant_of(m: dict[str, Any]) -> str:
+    return m["metadata"]["labels"]["openhands.dev/tenant"]
+
+
+def container(sts: dict[str, Any]) -> dict[str, Any]:
+    (c,) = sts["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def resolved_env(r: Rendered, sts: dict[str, Any]) -> dict[str, str]:
+    """The container env as the kubelet would build it: secretKeyRefs read from the rendered Secret."""
+    secrets = by_name(r, "Secret")
+    env = {}
+    for e in container(sts)["env"]:
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            ref = e["valueFrom"]["secretKeyRef"]
+            env[e["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
+    return env
+
+
+def _int(v: Any) -> Any:
+    # Pulumi's wire format carries numbers as doubles; the provider sends them as JSON integers.
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _int(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_int(x) for x in v]
+    return v
+
+
+@pytest.fixture(scope="module")
+def one() -> Rendered:
+    return render(STACK)
+
+
+@pytest.fixture(scope="module")
+def three() -> Rendered:
+    return render(STACK, overrides={"tenants": THREE})
+
+
+# ------------------------------------------------------------------ validators
+
+
+VARIANTS = {
+    "stack file, 1 tenant": {},
+    "3 tenants": {"tenants": THREE},
+    "existing TLS secret, reused namespace": {
+        "kubernetes.tls": {"secretName": "wildcard-agents-tls"}, "kubernetes.createNamespace": False,
+        "kubernetes.storageClass": None,
+    },
+    "namespaced issuer, restricted egress, RWOP, no retention": {
+        "kubernetes.tls": {"issuer": "letsencrypt"},
+        "kubernetes.accessMode": "ReadWriteOncePod",
+        "kubernetes.egress": {"allowCidrs": ["0.0.0.0/0", "10.0.0.0/8"], "exceptCidrs": ["169.254.169.254/32"]},
+        "retainData": False,
+    },
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+def test_every_object_passes_kubernetes_validate_strict(variant: str, version: str) -> None:
+    r = render(STACK, overrides=VARIANTS[variant])
+    objs = manifests(r)
+    assert {m["kind"] for m in objs} >= {"Secret", "ServiceAccount", "StatefulSet", "Service", "Ingress",
+                                         "NetworkPolicy"}
+    for m in objs:
+        assert m["metadata"].get("name"), f"{m['kind']} has no explicit name"
+        try:
+            kubernetes_validate.validate(m, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            pytest.fail(f"{m['kind']}/{m['metadata']['name']} is invalid for Kubernetes {version}: {exc.message}")
+
+
+def test_supported_versions_are_what_kubernetes_validate_ships() -> None:
+    from kubernetes_validate.utils import all_versions
+
+    shipped = all_versions()
+    assert shipped[0] == SUPPORTED_VERSIONS[0] and shipped[-1] == SUPPORTED_VERSIONS[-1], shipped
+
+
+def test_checkov_finds_nothing_beyond_the_documented_skips(three: Rendered, tmp_path: Path) -> None:
+    skips = checkov_runner.skips()
+    assert skips and all(reason.strip() and "\n" not in reason.strip() for reason in skips.values())
+    checkov_runner.write_manifests([_int(m) for m in manifests(three)], tmp_path / "manifests")
+    report = checkov_runner.run(tmp_path / "manifests")
+    assert report["summary"]["parsing_errors"] == 0
+    # checkov counts each object, plus each container on its own.
+    assert report["summary"]["resource_count"] == len(manifests(three)) + len(of_kind(three, "StatefulSet"))
+    assert report["summary"]["passed"] > 50
+    failed = {(f["check_id"], f["resource"]) for f in report["results"]["failed_checks"]}
+    unexpected = sorted(f for f in failed if f[0] not in skips)
+    assert not unexpected, f"checkov findings not in tests/checkov_skips.yaml: {unexpected}"
+    stale = sorted(set(skips) - {check for check, _ in failed})
+    assert not stale, f"skips that no longer fail, remove them: {stale}"
+
+
+# ------------------------------------------------------------------ what users notice
+
+
+def test_no_key_is_a_literal_env_value(three: Rendered) -> None:
+    api_keys = three.outputs["apiKey"]
+    for secret in of_kind(three, "Secret"):
+        values = set(secret["stringData"].values())
+        assert len(values) >= 2  # session key + secret key
+        dumped = json.dumps(of_kind(three, "StatefulSet"))
+        assert not any(v in dumped for v in values), "a key value appears in a StatefulSet"
+    for sts in of_kind(three, "StatefulSet"):
+        env = container(sts)["env"]
+        for e in env:
+            if e["name"].startswith(("OH_SESSION_API_KEYS", "OH_SECRET_KEY", "OH_PREVIOUS_SECRET_KEYS")):
+                assert "value" not in e and e["valueFrom"]["secretKeyRef"], e
+        assert not any(e.get("value") in api_keys.values() for e in env)
+    # The Secret's data reached the engine as a secret, not plain state.
+    for res in three.resources:
+        if res.type == "kubernetes:core/v1:Secret":
+            assert res.is_secret("stringData") or any(p.startswith("stringData") for p in res.secret_paths)
+    assert "apiKey" in three.secret_outputs
+
+
+def test_secret_key_refs_cover_every_key_name_and_rotation_rolls_the_pod() -> None:
+    before = render(STACK)
+    after = render(STACK, overrides={"keys": {"rotation": 1}})
+
+    def refs(r: Rendered) -> list[str]:
+        return [e["name"] for e in container(of_kind(r, "StatefulSet")[0])["env"] if "valueFrom" in e]
+
+    def checksum(r: Rendered) -> str:
+        return of_kind(r, "StatefulSet")[0]["spec"]["template"]["metadata"]["annotations"][
+            "openhands.dev/keys-checksum"]
+
+    assert refs(before) == ["OH_SESSION_API_KEYS_0", "OH_SECRET_KEY"]
+    assert set(refs(after)) == set(of_kind(after, "Secret")[0]["stringData"])
+    # After a rotation the previous session key still works and the old secret key still decrypts.
+    assert refs(after) == ["OH_SESSION_API_KEYS_0", "OH_SESSION_API_KEYS_1", "OH_SECRET_KEY",
+                           "OH_PREVIOUS_SECRET_KEYS_0"]
+    assert len(checksum(before)) == 64 and checksum(before) != checksum(after)
+
+
+def test_probes_ports_and_args_follow_the_contract(one: Rendered) -> None:
+    c = container(of_kind(one, "StatefulSet")[0])
+    assert c["args"] == contract.args()
+    assert c["ports"] == [{"name": contract.PORT_NAME, "containerPort": contract.PORT, "protocol": "TCP"}]
+    for field, probe in (("startupProbe", contract.STARTUP_PROBE), ("readinessProbe", contract.READINESS_PROBE),
+                         ("livenessProbe", contract.LIVENESS_PROBE)):
+        p = c[field]
+        assert p["httpGet"]["path"] == probe.path and p["httpGet"]["port"] == contract.PORT_NAME
+        assert (p["periodSeconds"], p["timeoutSeconds"], p["failureThreshold"]) == (
+            probe.period_seconds, probe.timeout_seconds, probe.failure_threshold)
+    assert c["startupProbe"]["httpGet"]["path"] == c["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/alive"
+    # Room for the measured 6-11 s start plus a state scan before liveness can kill the pod.
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 120
+    assert c["resources"] == {"requests": {"cpu": "1000m", "memory": "2048Mi"},
+                              "limits": {"cpu": "1000m", "memory": "2048Mi"}}
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert {k: env[k] for k in contract.container_env()} == contract.container_env()
+
+
+def test_pod_is_hardened(one: Rendered) -> None:
+    sts = of_kind(one, "StatefulSet")[0]
+    pod = sts["spec"]["template"]["spec"]
+    c = container(sts)
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True, "runAsUser": contract.UID, "runAsGroup": contract.GID, "fsGroup": contract.GID,
+        "fsGroupChangePolicy": "OnRootMismatch", "seccompProfile": {"type": "RuntimeDefault"}}
+    sc = c["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["readOnlyRootFilesystem"] is True and sc["runAsNonRoot"] is True
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # Read-only root: every scratch dir the server writes is an emptyDir.
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for path in contract.SCRATCH_DIRS:
+        assert "emptyDir" in volumes[mounts[path]], path
+    assert mounts[contract.DATA_DIR] == "state"
+    (sa,) = of_kind(one, "ServiceAccount")
+    assert sa["automountServiceAccountToken"] is False
+    assert pod["serviceAccountName"] == sa["metadata"]["name"] and pod["automountServiceAccountToken"] is False
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == contract.ROLE and labels["openhands.dev/tenant"] == "default"
+    (ns,) = of_kind(one, "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_one_pod_per_volume_and_the_claim_survives_destroy(one: Rendered) -> None:
+    assert not of_kind(one, "Deployment") and not of_kind(one, "PersistentVolumeClaim")
+    sts = of_kind(one, "StatefulSet")[0]
+    spec = sts["spec"]
+    assert spec["replicas"] == 1 and spec["podManagementPolicy"] == "OrderedReady"
+    (claim,) = spec["volumeClaimTemplates"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["storageClassName"] == "gp3" and claim["spec"]["resources"]["requests"]["storage"] == "10Gi"
+    assert not any("persistentVolumeClaim" in v for v in spec["template"]["spec"]["volumes"])
+    # Every state path of the contract lives on the claim.
+    assert all(p.startswith(contract.DATA_DIR + "/") for p in contract.state_paths())
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+    # Deleting a namespace deletes its claims: the namespace is kept too.
+    (ns,) = [x for x in one.resources if x.type == "kubernetes:core/v1:Namespace"]
+    assert ns.retain_on_delete
+    assert one.outputs["stateClaims"] == {"default": "state-agent-default-0"}
+
+    opted_out = render(STACK, overrides={"retainData": False})
+    sts = of_kind(opted_out, "StatefulSet")[0]
+    assert sts["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"] == "Delete"
+    assert not [x for x in opted_out.resources if x.type == "kubernetes:core/v1:Namespace"][0].retain_on_delete
+
+
+def test_ingress_tls_host_and_websocket_timeouts_per_tenant(three: Rendered) -> None:
+    ingresses = of_kind(three, "Ingress")
+    assert sorted(tenant_of(i) for i in ingresses) == THREE
+    services = by_name(three, "Service")
+    for ing in ingresses:
+        t = tenant_of(ing)
+        host = f"{t}.agents.example.com"
+        (rule,) = ing["spec"]["rules"]
+        (tls,) = ing["spec"]["tls"]
+        assert rule["host"] == host and tls["hosts"] == [host] and tls["secretName"] == f"agent-{t}-tls"
+        assert ing["spec"]["ingressClassName"] == "nginx"
+        ann = ing["metadata"]["annotations"]
+        assert ann["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+        assert ann["nginx.ingress.kubernetes.io/proxy-read-timeout"] == "3600"
+        assert ann["nginx.ingress.kubernetes.io/proxy-send-timeout"] == "3600"
+        assert ann["haproxy.org/timeout-tunnel"] == "3600s"
+        (path,) = rule["http"]["paths"]
+        backend = path["backend"]["service"]
+        assert path["path"] == "/" and path["pathType"] == "Prefix"  # /api and /sockets/*
+        svc = services[backend["name"]]
+        assert tenant_of(svc) == t and svc["spec"]["type"] == "ClusterIP"
+        assert svc["spec"]["ports"][0]["port"] == contract.PORT
+    assert three.outputs["url"] == {t: f"https://{t}.agents.example.com" for t in THREE}
+
+    existing = render(STACK, overrides={"kubernetes.tls": {"secretName": "wildcard-tls"}})
+    (ing,) = of_kind(existing, "Ingress")
+    assert ing["spec"]["tls"][0]["secretName"] == "wildcard-tls"
+    assert not any(k.startswith("cert-manager.io/") for k in ing["metadata"]["annotations"])
+
+
+def test_network_policy_per_tenant(three: Rendered) -> None:
+    policies = of_kind(three, "NetworkPolicy")
+    assert sorted(tenant_of(p) for p in policies) == THREE
+    pods = {tenant_of(s): s["spec"]["template"]["metadata"]["labels"] for s in of_kind(three, "StatefulSet")}
+    for p in policies:
+        spec = p["spec"]
+        t = tenant_of(p)
+        sel = spec["podSelector"]["matchLabels"]
+        assert [u for u, labels in pods.items() if sel.items() <= labels.items()] == [t]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        (rule,) = spec["ingress"]
+        ingress_ns = {"kubernetes.io/metadata.name": "ingress-nginx"}
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": ingress_ns}}]
+        assert rule["ports"] == [{"protocol": "TCP", "port": contract.PORT}]
+        assert spec["egress"] == [{}]  # open by default: the internet and the LLM
+
+    narrowed = render(STACK, overrides={
+        "kubernetes.ingressNamespace": "traefik",
+        "kubernetes.egress": {"allowCidrs": ["0.0.0.0/0"], "exceptCidrs": ["169.254.169.254/32", "10.0.0.0/8"]}})
+    (spec,) = [p["spec"] for p in of_kind(narrowed, "NetworkPolicy")]
+    source = spec["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+    assert source == {"kubernetes.io/metadata.name": "traefik"}
+    assert spec["egress"] == [
+        {"to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32", "10.0.0.0/8"]}}]},
+        {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+    ]
+    no_dns = render(STACK, overrides={"kubernetes.egress": {"allowCidrs": ["203.0.113.0/24"], "allowDns": False}})
+    assert of_kind(no_dns, "NetworkPolicy")[0]["spec"]["egress"] == [{"to": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}]
+
+
+def test_three_tenants_are_three_isolated_servers(three: Rendered) -> None:
+    sts = {tenant_of(s): s for s in of_kind(three, "StatefulSet")}
+    assert sorted(sts) == THREE
+    secrets = {tenant_of(s): s for s in of_kind(three, "Secret")}
+    sas = {tenant_of(s): s["metadata"]["name"] for s in of_kind(three, "ServiceAccount")}
+    services = {tenant_of(s): s for s in of_kind(three, "Service")}
+    claims, selectors = set(), []
+    for t, s in sts.items():
+        spec = s["spec"]
+        claims.add(f"{spec['volumeClaimTemplates'][0]['metadata']['name']}-{s['metadata']['name']}-0")
+        selectors.append(json.dumps(spec["selector"], sort_keys=True))
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container(s)["env"] if "valueFrom" in e}
+        assert refs == {secrets[t]["metadata"]["name"]}
+        assert spec["template"]["spec"]["serviceAccountName"] == sas[t]
+        # Each Service selects its own tenant's pod and no other.
+        svc_sel = services[t]["spec"]["selector"]
+        pod_labels = {u: o["spec"]["template"]["metadata"]["labels"] for u, o in sts.items()}
+        assert [u for u, labels in pod_labels.items() if svc_sel.items() <= labels.items()] == [t]
+    assert len(claims) == len(set(selectors)) == len(set(sas.values())) == 3
+    assert len({s["metadata"]["name"] for s in secrets.values()}) == 3
+    keys = [tuple(s["stringData"].values()) for s in secrets.values()]
+    assert len({k for ks in keys for k in ks}) == 6  # no key shared between tenants
+    assert set(three.outputs["stateClaims"].values()) == claims
+    assert len(set(three.outputs["apiKey"].values())) == 3
+
+
+def test_provider_uses_a_secret_kubeconfig_and_context() -> None:
+    ambient = render(STACK)
+    (prov,) = [x for x in ambient.resources if x.type == "pulumi:providers:kubernetes"]
+    assert "kubeconfig" not in prov.inputs and "context" not in prov.inputs
+    kinds = [x for x in ambient.resources if x.type.startswith("kubernetes:")]
+    assert kinds and all(x.provider.startswith(prov.urn) for x in kinds)
+
+    kubeconfig = "apiVersion: v1\nkind: Config\nclusters: []\n"
+    given = render(STACK, secrets={"kubernetes.kubeconfig": kubeconfig, "kubernetes.context": "prod"})
+    (prov,) = [x for x in given.resources if x.type == "pulumi:providers:kubernetes"]
+    assert prov.inputs["kubeconfig"] == kubeconfig and prov.is_secret("kubeconfig")
+    assert prov.inputs["context"] == "prod"
+
+
+# ------------------------------------------------------------------ bad config
+
+
+BAD = {
+    "missing domain": ({"kubernetes.domain": None}, "openhands:kubernetes.domain: is required"),
+    "missing tls": ({"kubernetes.tls": None}, "openhands:kubernetes.tls: is required"),
+    "clusterIssuer and secretName": ({"kubernetes.tls.secretName": "x"}, "set exactly one of clusterIssuer"),
+    "unknown key": ({"kubernetes.storageClas": "gp3"}, "did you mean 'storageClass'"),
+    "bad size": ({"kubernetes.storageSize": "10GB"}, "openhands:kubernetes.storageSize"),
+    "kubeconfig in plain text": ({"kubernetes.kubeconfig": "apiVersion: v1"}, "a kubeconfig is a credential"),
+    "except outside allow": (
+        {"kubernetes.egress": {"allowCidrs": ["10.0.0.0/8"], "exceptCidrs": ["192.168.0.0/16"]}},
+        "not strictly inside",
+    ),
+    "reserved namespace": ({"kubernetes.namespace": "kube-system"}, "reserved"),
+    "no kubernetes object": ({"kubernetes": None}, "needs the 'kubernetes' object"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_config_is_a_config_error_with_nothing_registered(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from components import render as render_mod
+
+    monitors: list[Any] = []
+
+    class Recording(render_mod._Monitor):
+        def __init__(self, mocks):
+            super().__init__(mocks)
+            monitors.append(self)
+
+    monkeypatch.setattr(render_mod, "_Monitor", Recording)
+    overrides, message = BAD[case]
+    with pytest.raises(ConfigError) as exc:
+        render(STACK, overrides=overrides)
+    assert message in str(exc.value)
+    assert monitors and monitors[-1].records == []
+
+
+def test_k8s_program_imports_no_aws_sdk() -> None:
+    code = (
+        "import json\n"
+        "from components.render import render, imported_sdks\n"
+        "render('k8s')\n"
+        "print(json.dumps(imported_sdks()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    sdks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "pulumi_kubernetes" in sdks and "pulumi_aws" not in sdks, sdks
+
+
+# ------------------------------------------------------------------ the real server
+
+
+def test_rendered_container_spec_boots_the_real_agent_server(one: Rendered, start_agent_server) -> None:
+    sts = of_kind(one, "StatefulSet")[0]
+    c = container(sts)
+    env = resolved_env(one, sts)
+    key = one.outputs["apiKey"]["default"]
+    assert env["OH_SESSION_API_KEYS_0"] == key
+    server = start_agent_server(env, c["args"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        status, _ = server.get(c[probe]["httpGet"]["path"])
+        assert status == 200, probe
+    assert server.get("/api/conversations/count")[0] == 401
+    assert server.get("/api/conversations/count", key="wrong")[0] == 401
+    assert server.get("/api/conversations/count", key=key) == (200, "0")
+    # State lands on the data volume, per the rendered env.
+    assert (server.workdir / "data" / "conversations").is_dir()
