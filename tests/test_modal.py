@@ -1,0 +1,390 @@
+"""The `modal` stack: rendered, the Modal app built offline with the real modal library,
+the dynamic provider driven directly with only its Modal boundary stubbed, and the
+container's env fed to the real agent server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import dill
+import modal
+import pulumi
+import pytest
+from modal._utils.async_utils import synchronizer
+from pulumi.dynamic import ConfigureRequest
+from pulumi.dynamic.config import Config as DynamicConfig
+from pulumi.dynamic.dynamic import serialize_provider
+from pulumi.runtime import rpc
+
+from components import contract
+from components import render as r
+from components.config import ConfigError
+from components.modal_app import AgentServer, AppSpec, build_app, image_env
+from components.modal_deploy import ModalAppProvider, ModalClient
+from components.render import Rendered, render
+from tests.agent_server import ROOT
+
+APP = "pulumi-python:dynamic/modal:App"
+COMPONENT = "openhands:modal:ModalApp"
+
+
+@pytest.fixture(scope="module")
+def modal_stack() -> Rendered:
+    return render("modal")
+
+
+@pytest.fixture(scope="module")
+def three() -> Rendered:
+    return render("modal", overrides={"tenants": ["alice", "bob", "carol"]})
+
+
+def provider_props(res: r.Resource) -> dict[str, Any]:
+    """The inputs as the engine hands them to the provider: secrets still wrapped."""
+    return {k: v for k, v in res.raw_inputs.items() if k != "__provider"}
+
+
+class FakeModal(ModalClient):
+    """The boundary, stubbed: records every call, talks to nobody."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+        self.secrets: dict[str, dict[str, str]] = {}
+
+    def put_secret(self, name, env, environment):
+        self.secrets[name] = dict(env)
+        self.calls.append(("put_secret", name, environment))
+
+    def ensure_volume(self, name, environment):
+        self.calls.append(("ensure_volume", name, environment))
+
+    def deploy(self, app, name, environment, tag):
+        assert isinstance(app, modal.App) and app.name == name
+        self.calls.append(("deploy", name, environment))
+        return f"https://ws--{name}-agentserver-serve.modal.run"
+
+    def stop(self, name, environment):
+        self.calls.append(("stop", name, environment))
+
+    def delete_volume(self, name, environment):
+        self.calls.append(("delete_volume", name, environment))
+
+    def delete_secret(self, name, environment):
+        self.calls.append(("delete_secret", name, environment))
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+def provider() -> tuple[ModalAppProvider, FakeModal]:
+    p, fake = ModalAppProvider(), FakeModal()
+    p.client = fake
+    return p, fake
+
+
+# ------------------------------------------------------------------ render
+
+
+def test_one_app_secret_and_volume_per_tenant(three: Rendered):
+    apps = three.of_type(APP)
+    assert sorted(a.name for a in apps) == ["alice-modal-app", "bob-modal-app", "carol-modal-app"]
+    assert len(three.of_type(COMPONENT)) == 3
+    for field in ("appName", "secretName", "volumeName"):
+        assert len({a.inputs[field] for a in apps}) == 3, field
+    for a in apps:
+        assert a.inputs["role"] == contract.ROLE
+        assert a.inputs["environment"] == "main"
+    urls = three.outputs["url"]
+    assert set(urls) == {"alice", "bob", "carol"} and all(u.startswith("https://") for u in urls.values())
+
+
+def test_keys_only_as_secrets(three: Rendered):
+    keys = three.outputs["apiKey"]
+    assert "apiKey" in three.secret_outputs and "url" not in three.secret_outputs
+    for a in three.of_type(APP):
+        assert a.is_secret("secretEnv") and a.is_secret("__provider")
+        assert a.inputs["secretHash"] and not a.is_secret("secretHash")
+    for res in three.resources:
+        plain = repr({k: v for k, v in res.inputs.items() if not res.is_secret(k)})
+        for key in keys.values():
+            assert key not in plain, f"{res.type} {res.name} carries a key in plain inputs"
+    assert not any(k in json.dumps(three.outputs["modalSpecs"]) for k in keys.values())
+
+
+def test_modal_program_imports_neither_aws_nor_kubernetes():
+    code = (
+        "from components.render import render, imported_sdks; render('modal'); "
+        "import sys; print(','.join(imported_sdks()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    sdks = out.stdout.strip().split(",")
+    assert "modal" in sdks
+    assert "pulumi_aws" not in sdks and "pulumi_kubernetes" not in sdks and "pulumi_docker" not in sdks
+
+
+def fails(**overrides) -> str:
+    with pytest.raises(ConfigError) as info:
+        render("modal", overrides=overrides)
+    assert r.last_resources == [], f"registered before the config error: {[x.name for x in r.last_resources]}"
+    assert isinstance(info.value, pulumi.RunError)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "says"),
+    [
+        ("modal.maxContainers", 2, "must be 1, got 2"),
+        ("modal.minContainers", 2, "must be 1 (always warm"),
+        ("modal.minContainers", -1, "or 0 (scale to zero"),
+        ("modal.volumeName", "bad/name", "is not a Modal name"),
+        ("modal.appName", "bad name!", "is not a Modal name"),
+        ("modal.appName", "a" * 39, "at most 38"),
+    ],
+)
+def test_bad_modal_settings_are_config_errors(key, value, says):
+    message = fails(**{key: value})
+    assert f"openhands:{key}:" in message and says in message
+
+
+def test_canvas_ui_needs_the_tool(tmp_path):
+    message = fails(**{"modal.canvasUi": True, "modal.canvasUiDir": str(tmp_path)})
+    assert "openhands:modal.canvasUi" in message and "canvas_ui_tool.py" in message
+
+
+# ------------------------------------------------------------------ the app, built offline
+
+
+class Spy:
+    """Wraps a modal method: records the arguments and still calls the real one."""
+
+    def __init__(self, monkeypatch, owner: Any, name: str) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        real = getattr(owner, name)
+
+        def wrapper(*args, **kwargs):
+            self.calls.append((args, kwargs))
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, wrapper)
+
+
+def spec_of(rendered: Rendered, tenant: str = "default") -> AppSpec:
+    # Through the wire format, as the provider gets it (numbers arrive as floats).
+    return AppSpec.from_dict(rendered.one(APP, f"{tenant}-modal-app").inputs["spec"])
+
+
+def test_app_built_with_the_real_modal_library(modal_stack: Rendered, monkeypatch):
+    cls_spy = Spy(monkeypatch, modal.App, "cls")
+    registry = Spy(monkeypatch, modal.Image, "from_registry")
+    entry = Spy(monkeypatch, modal.Image, "entrypoint")
+    env_spy = Spy(monkeypatch, modal.Image, "env")
+    spec = spec_of(modal_stack)
+    app = build_app(spec)  # modal validates the arguments here, offline
+    assert app.name == "openhands-agent-server-default"
+
+    (_, kw), = cls_spy.calls
+    assert kw["min_containers"] == 1 and kw["max_containers"] == 1
+    assert kw["cpu"] == 1.0 and kw["memory"] == 2048
+    assert kw["scaledown_window"] == 300 and kw["timeout"] == 3600
+    assert registry.calls[0][0][0] == contract.DEFAULT_IMAGE
+    assert registry.calls[0][1]["add_python"] == contract.IMAGE_PYTHON_VERSION == "3.13"
+    assert entry.calls[0][0][-1] == []  # the image's tini entrypoint is cleared
+    (env_args, _), = env_spy.calls
+    env = env_args[-1]
+    assert env == contract.container_env()
+
+    # What Modal itself recorded for the class's service function.
+    info = synchronizer._translate_in(app)._local_state.functions["AgentServer.*"]._function_info
+    assert set(info.volumes) == {contract.DATA_DIR}
+    assert info.volumes[contract.DATA_DIR].name == "openhands-state-default"
+    assert all(env[k].startswith(contract.DATA_DIR + "/") for k in contract.STATE_ENV)  # all state in the volume
+    assert info.secrets == ["modal.Secret.from_name('openhands-agent-server-default-keys', environment_name='main')"]
+    assert info.concurrency_info.max_inputs == 100
+    assert info.cpu == 1.0 and info.memory_mib == 2048
+    assert info.method_names == ["serve"]
+    secret = kw["secrets"][0]
+    assert synchronizer._translate_in(secret)._name == spec.secret_name
+    assert spec.secret_keys == ("OH_SESSION_API_KEYS_0", "OH_SECRET_KEY")
+
+    web = synchronizer._translate_in(AgentServer.__dict__["serve"]).params.webhook_config
+    assert web.web_server_port == contract.PORT == 8000
+    assert web.web_server_startup_timeout == contract.STARTUP_BUDGET_SECONDS > 5  # not Modal's 5 s default
+
+
+def test_scale_to_zero_and_canvas_ui(tmp_path, monkeypatch):
+    (tmp_path / "canvas_ui_tool.py").write_text("TOOL = 'canvas'\n")
+    rendered = render(
+        "modal",
+        overrides={"modal.minContainers": 0, "modal.canvasUi": True, "modal.canvasUiDir": str(tmp_path)},
+    )
+    spec = spec_of(rendered)
+    add_dir = Spy(monkeypatch, modal.Image, "add_local_dir")
+    cls_spy = Spy(monkeypatch, modal.App, "cls")
+    build_app(spec)
+    assert cls_spy.calls[0][1]["min_containers"] == 0
+    (args, kw), = add_dir.calls
+    assert args[-2:] == (str(tmp_path), contract.TOOLS_DIR) and kw["copy"] is True
+    assert image_env(spec)[contract.EXTRA_PYTHON_PATH_ENV] == contract.TOOLS_DIR
+    # The tool's content is part of the spec hash: editing it redeploys.
+    before = rendered.one(APP).inputs["specHash"]
+    (tmp_path / "canvas_ui_tool.py").write_text("TOOL = 'canvas v2'\n")
+    after = render(
+        "modal", overrides={"modal.minContainers": 0, "modal.canvasUi": True, "modal.canvasUiDir": str(tmp_path)}
+    ).one(APP).inputs["specHash"]
+    assert before != after
+
+
+def test_module_level_app_for_modal_deploy(modal_stack: Rendered):
+    spec = json.dumps(modal_stack.outputs["modalSpecs"]["default"])
+    code = "import components.modal_app as m; print(m.app.name)"
+    ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                        env={"PATH": "/usr/bin:/bin", "OPENHANDS_MODAL_SPEC": spec})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == "openhands-agent-server-default"
+    missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                             env={"PATH": "/usr/bin:/bin"})
+    assert missing.returncode != 0 and "OPENHANDS_MODAL_SPEC is not set" in missing.stderr
+
+
+# ------------------------------------------------------------------ the provider
+
+
+def test_provider_pickles_by_reference():
+    p = dill.loads(base64.b64decode(serialize_provider(ModalAppProvider())))
+    assert type(p).__module__ == "components.modal_deploy" and p.client is None
+
+
+def test_create_puts_secret_volume_and_deploys(modal_stack: Rendered):
+    res = modal_stack.one(APP)
+    p, fake = provider()
+    result = p.create(provider_props(res))
+    assert fake.calls == [
+        ("put_secret", "openhands-agent-server-default-keys", "main"),
+        ("ensure_volume", "openhands-state-default", "main"),
+        ("deploy", "openhands-agent-server-default", "main"),
+    ]
+    key = modal_stack.outputs["apiKey"]["default"]
+    secret_env = fake.secrets["openhands-agent-server-default-keys"]
+    assert set(secret_env) == {"OH_SESSION_API_KEYS_0", "OH_SECRET_KEY"} and secret_env["OH_SESSION_API_KEYS_0"] == key
+    assert result.id == "main/openhands-agent-server-default"
+    assert result.outs["url"] == "https://ws--openhands-agent-server-default-agentserver-serve.modal.run"
+    # State keeps the hash of the keys, never the keys.
+    assert "secretEnv" not in result.outs and key not in json.dumps(result.outs)
+    assert result.outs["secretHash"] == res.inputs["secretHash"]
+
+
+def test_diff_and_update_redeploy_only_on_change(modal_stack: Rendered):
+    res = modal_stack.one(APP)
+    p, fake = provider()
+    olds = p.create(provider_props(res)).outs
+    fake.calls.clear()
+
+    same = p.diff("id", olds, provider_props(res))
+    assert same.changes is False and same.replaces == []
+
+    # Settings change (scale to zero): redeploy, the Secret is left alone.
+    news = provider_props(render("modal", overrides={"modal.minContainers": 0}).one(APP))
+    d = p.diff("id", olds, news)
+    assert d.changes and d.replaces == []
+    out = p.update("id", olds, news).outs
+    assert fake.names() == ["ensure_volume", "deploy"]
+    assert out["specHash"] != olds["specHash"]
+
+    # Key rotation: the Secret is overwritten and the app redeployed so containers restart.
+    fake.calls.clear()
+    rotated = provider_props(render("modal", overrides={"keys.rotation": 1}).one(APP))
+    assert p.diff("id", olds, rotated).changes
+    p.update("id", olds, rotated)
+    assert fake.names() == ["put_secret", "ensure_volume", "deploy"]
+    env = fake.secrets["openhands-agent-server-default-keys"]
+    assert {"OH_SESSION_API_KEYS_1", "OH_PREVIOUS_SECRET_KEYS_0"} <= set(env)
+
+    # The pinned image: redeploy.
+    fake.calls.clear()
+    image = provider_props(render("modal", overrides={"image": contract.IMAGE_REPOSITORY + ":1.59.0-python"}).one(APP))
+    p.update("id", olds, image)
+    assert fake.names() == ["ensure_volume", "deploy"]
+
+    # Only retainData: nothing to deploy, the url stays.
+    fake.calls.clear()
+    keep = provider_props(render("modal", overrides={"retainData": False}).one(APP))
+    assert p.diff("id", olds, keep).changes
+    out = p.update("id", olds, keep).outs
+    assert "deploy" not in fake.names() and "put_secret" not in fake.names()
+    assert out["url"] == olds["url"] and out["retainData"] is False
+
+    # A new app name replaces (old one deleted first: one writer per volume).
+    renamed = provider_props(render("modal", overrides={"modal.appName": "oh"}).one(APP))
+    d = p.diff("id", olds, renamed)
+    assert "appName" in d.replaces and d.delete_before_replace is True
+
+
+def test_delete_stops_the_app_and_keeps_the_volume(modal_stack: Rendered):
+    p, fake = provider()
+    outs = p.create(provider_props(modal_stack.one(APP))).outs
+    fake.calls.clear()
+    p.delete("id", outs)
+    assert fake.calls == [("stop", "openhands-agent-server-default", "main")]
+
+    fake.calls.clear()
+    p.delete("id", {**outs, "retainData": False})
+    assert fake.names() == ["stop", "delete_volume", "delete_secret"]
+    assert ("delete_volume", "openhands-state-default", "main") in fake.calls
+
+
+def test_token_comes_from_secret_config_not_state():
+    p = ModalAppProvider()
+    raw = {"openhands:modal": json.dumps({"tokenId": "ak-test", "tokenSecret": "as-secret"})}
+    p.configure(ConfigureRequest(DynamicConfig(raw, "openhands")))
+    assert p.client is not None and p.client._token == ("ak-test", "as-secret")
+    p2 = ModalAppProvider()
+    p2.configure(ConfigureRequest(DynamicConfig({}, "openhands")))
+    assert p2.client._token is None  # then modal reads MODAL_TOKEN_ID/SECRET
+
+
+def test_boundary_overwrites_the_secret_and_recreates(monkeypatch):
+    """ModalClient itself, with modal's network calls replaced."""
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(modal.Secret, "_create_deployed", lambda *a, **k: seen.setdefault("secret", (a, k)))
+    monkeypatch.setattr(modal.App, "deploy", lambda self, **k: seen.setdefault("deploy", k))
+
+    class FakeCls:
+        def __call__(self):
+            return self
+
+        serve = type("M", (), {"get_web_url": lambda self: "https://x.modal.run"})()
+
+    monkeypatch.setattr(modal.Cls, "from_name", lambda *a, **k: FakeCls())
+    client = ModalClient()
+    client._client = object()
+    client.put_secret("s", {"A": "1"}, "main")
+    assert seen["secret"][1]["overwrite"] is True and seen["secret"][1]["environment_name"] == "main"
+    app = modal.App("n")
+    assert client.deploy(app, "n", "main", tag="t") == "https://x.modal.run"
+    assert seen["deploy"]["strategy"] == "recreate" and seen["deploy"]["environment_name"] == "main"
+
+
+# ------------------------------------------------------------------ the real server
+
+
+def test_container_env_boots_the_real_server(modal_stack: Rendered, start_agent_server):
+    res = modal_stack.one(APP)
+    p, fake = provider()
+    p.create(provider_props(res))
+    spec = spec_of(modal_stack)
+    # What the container gets: the image's env plus the Modal Secret's env.
+    env = {**image_env(spec), **fake.secrets[spec.secret_name]}
+    assert set(env) >= set(spec.secret_keys)
+    command = contract.command()
+    assert command[0] == contract.SERVER_BINARY
+    server = start_agent_server(env, command[1:])
+    key = modal_stack.outputs["apiKey"]["default"]
+    assert server.get(contract.READINESS_PROBE.path)[0] == 200
+    assert server.get("/api/conversations/search")[0] == 401
+    assert server.get("/api/conversations/search", key=key)[0] == 200
+    # State went inside the (mapped) volume.
+    assert (Path(server.workdir) / "data" / "conversations").is_dir()
