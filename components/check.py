@@ -1,0 +1,616 @@
+"""``python -m components check -s <stack>``: render a stack offline, run the policy pack and the validators.
+
+No cloud credentials, no Pulumi CLI. The stack is rendered through the mock runtime
+(``components.render``); every resource's inputs are then turned into exactly what the
+engine hands the analyzer (a protobuf ``Struct`` -> ``MessageToDict`` ->
+``pulumi_policy.deserialize.deserialize_properties`` -> ``unknown_checking_proxy``: wire
+names, secrets unwrapped, numbers as floats) and every policy of ``policy/policies.py`` runs
+on them, at the enforcement level the pack config gives it. The real validators run where
+they are installed: kubernetes-validate (strict), botocore's ECS model, ``cloud-init
+schema`` and ``caddy adapt``/``validate``; a missing one is skipped with a note.
+
+Exit status: 0 clean, 1 a mandatory violation or a validator error, 2 bad usage or config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components import render as harness
+from components.config import NAMESPACE, ConfigError
+
+ROOT = harness.ROOT
+POLICY_DIR = ROOT / "policy"
+LEVELS = ("advisory", "mandatory", "remediate", "disabled")
+
+
+# --------------------------------------------------------------------------- the pack
+
+
+def load_policies() -> Any:
+    """``policy/policies.py`` as a module (the pack folder is not a package)."""
+    if str(POLICY_DIR) not in sys.path:
+        sys.path.insert(0, str(POLICY_DIR))
+    return importlib.import_module("policies")
+
+
+def default_config_file(stack: str) -> Path | None:
+    """``policy/config.<stack>.json`` if the stack has one (prod does), else the pack's defaults."""
+    path = POLICY_DIR / f"config.{stack}.json"
+    return path if path.exists() else None
+
+
+def read_policy_config(path: Path | None, names: Sequence[str]) -> dict[str, tuple[str | None, dict[str, Any]]]:
+    """Parse a ``--policy-pack-config`` file the way the CLI reads it: ``{"all": level, name: level |
+    {"enforcementLevel": level, ...properties}}``. Unknown names and levels are errors."""
+    if path is None:
+        return {}
+    try:
+        raw = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"cannot read policy config {path}: {exc}") from None
+    out: dict[str, tuple[str | None, dict[str, Any]]] = {}
+    for key, value in raw.items():
+        if key != "all" and key not in names:
+            raise ValueError(f"policy config {path}: unknown policy {key!r}; policies: {', '.join(names)}")
+        if isinstance(value, str):
+            level, props = value, {}
+        elif isinstance(value, dict):
+            props = dict(value)
+            level = props.pop("enforcementLevel", None)
+        else:
+            raise ValueError(f"policy config {path}: {key!r} must be a level or an object")
+        if level is not None and level not in LEVELS:
+            raise ValueError(f"policy config {path}: {key!r} has level {level!r}; allowed: {', '.join(LEVELS)}")
+        out[key] = (level, props)
+    return out
+
+
+def effective_level(policy: Any, config: dict[str, tuple[str | None, dict[str, Any]]]) -> str:
+    level = config.get(policy.name, (None, {}))[0] or config.get("all", (None, {}))[0]
+    if level is None:
+        level = policy.enforcement_level.value if policy.enforcement_level is not None else "advisory"
+    return "mandatory" if level == "remediate" else level
+
+
+# --------------------------------------------------------------------------- engine-shaped props
+
+
+def _plain(value: Any) -> Any:
+    """What survives the trip through a protobuf Struct (resource refs and assets become strings)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    return str(value)
+
+
+def engine_props(raw_inputs: dict[str, Any]) -> Any:
+    """The props a policy receives from the engine for these (secret-wrapped) inputs."""
+    from google.protobuf import json_format, struct_pb2
+    from pulumi_policy.deserialize import deserialize_properties
+    from pulumi_policy.proxy import unknown_checking_proxy
+
+    struct = struct_pb2.Struct()
+    struct.update(_plain(raw_inputs))
+    return unknown_checking_proxy(deserialize_properties(json_format.MessageToDict(struct)))
+
+
+# --------------------------------------------------------------------------- report records
+
+
+@dataclass
+class Violation:
+    policy: str
+    level: str
+    resource: str
+    type: str
+    urn: str
+    message: str
+
+
+@dataclass
+class ValidatorResult:
+    validator: str
+    resource: str
+    type: str
+    ok: bool
+    message: str = ""
+    urn: str = ""
+
+
+@dataclass
+class Report:
+    stack: str
+    model: str
+    policy_config: str | None
+    resources: int = 0
+    tenants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: dict[str, Any] = field(default_factory=dict)
+    policies: list[dict[str, Any]] = field(default_factory=list)
+    validators: dict[str, str] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    validator_results: list[ValidatorResult] = field(default_factory=list)
+
+    @property
+    def mandatory(self) -> list[Violation]:
+        return [v for v in self.violations if v.level == "mandatory"]
+
+    @property
+    def advisory(self) -> list[Violation]:
+        return [v for v in self.violations if v.level == "advisory"]
+
+    @property
+    def validator_errors(self) -> list[ValidatorResult]:
+        return [r for r in self.validator_results if not r.ok]
+
+    @property
+    def ok(self) -> bool:
+        return not self.mandatory and not self.validator_errors
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "stack": self.stack,
+            "model": self.model,
+            "ok": self.ok,
+            "policyConfig": self.policy_config,
+            "summary": {
+                "resources": self.resources,
+                "mandatoryViolations": len(self.mandatory),
+                "advisoryViolations": len(self.advisory),
+                "validatorErrors": len(self.validator_errors),
+                "validatorsRun": sum(1 for _ in self.validator_results),
+            },
+            "tenants": self.tenants,
+            "shared": self.shared,
+            "policies": self.policies,
+            "validators": self.validators,
+        }
+
+
+# --------------------------------------------------------------------------- running the pack
+
+
+class _Args:
+    """Harness extras the policies read with getattr (see policy/policies.py docstring)."""
+
+
+def run_policies(rendered: harness.Rendered, config: dict[str, tuple[str | None, dict[str, Any]]]) -> tuple[
+        list[Violation], list[dict[str, Any]]]:
+    import asyncio
+
+    from pulumi_policy import (
+        PolicyCustomTimeouts,
+        PolicyResource,
+        PolicyResourceOptions,
+        ResourceValidationArgs,
+        ResourceValidationPolicy,
+        StackValidationArgs,
+    )
+
+    mod = load_policies()
+    by_urn = {r.urn: r for r in rendered.resources}
+    analyzed = [r for r in rendered.resources if not r.type.startswith("pulumi:providers:")]
+    prepared = []
+    for r in analyzed:
+        parent = by_urn.get(r.parent)
+        opts = PolicyResourceOptions(r.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [],
+                                     r.parent if parent else None)
+        prepared.append((r, engine_props(r.raw_inputs), opts))
+
+    violations: list[Violation] = []
+    summary: list[dict[str, Any]] = []
+
+    def run(result: Any) -> None:
+        if asyncio.iscoroutine(result) or hasattr(result, "__await__"):
+            asyncio.run(result)
+
+    for policy in mod.POLICIES:
+        level = effective_level(policy, config)
+        props = {**config.get("all", (None, {}))[1], **config.get(policy.name, (None, {}))[1]}
+        entry = {"name": policy.name, "level": level, "violations": 0}
+        summary.append(entry)
+        if level == "disabled":
+            continue
+
+        def reporter(r_name: str, r_type: str, r_urn: str) -> Callable[..., None]:
+            def report(message: str, urn: str | None = None) -> None:
+                res = by_urn.get(urn or "") if urn else None
+                violations.append(Violation(policy.name, level, res.name if res else r_name,
+                                            res.type if res else r_type, urn or r_urn, message))
+                entry["violations"] += 1
+            return report
+
+        try:
+            if isinstance(policy, ResourceValidationPolicy):
+                for r, props_, opts in prepared:
+                    args = ResourceValidationArgs(r.type, props_, r.urn, r.name, opts, None, props, {})
+                    args.secret_paths = list(r.secret_paths)  # type: ignore[attr-defined]
+                    args.retain_on_delete = r.retain_on_delete  # type: ignore[attr-defined]
+                    run(policy.validate(args, reporter(r.name, r.type, r.urn)))
+            else:
+                resources = [PolicyResource(r.type, p, r.urn, r.name, o, None, None, [], {}) for r, p, o in prepared]
+                index = {pr.urn: pr for pr in resources}
+                for pr, (r, _, _) in zip(resources, prepared, strict=True):
+                    pr.parent = index.get(r.parent)
+                run(policy.validate(StackValidationArgs(resources, props, {}), reporter("", "stack", "")))
+        except Exception as exc:  # noqa: BLE001 - a crashing policy fails the engine's analyze call too
+            violations.append(Violation(policy.name, "mandatory", "", "policy", "",
+                                        f"policy raised {type(exc).__name__}: {exc}"))
+            entry["violations"] += 1
+    return violations, summary
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _k8s_versions() -> list[str]:
+    import kubernetes_validate
+
+    latest = kubernetes_validate.latest_version()
+    mod = sys.modules.get("components.kubernetes")
+    claimed = getattr(mod, "K8S_VERSIONS", None) or getattr(mod, "SUPPORTED_K8S_VERSIONS", None)
+    versions = [str(v) for v in claimed] if claimed else ["1.30.0", latest]
+    return list(dict.fromkeys(versions))
+
+
+def validate_kubernetes(rendered: harness.Rendered, notes: dict[str, str]) -> Iterator[ValidatorResult]:
+    objects = [r for r in rendered.resources if r.custom and r.type.startswith("kubernetes:")
+               and not r.type.startswith("pulumi:") and "kind" in r.inputs and "apiVersion" in r.inputs]
+    if not objects:
+        return
+    try:
+        import kubernetes_validate
+    except ImportError:
+        notes["kubernetes-validate"] = "skipped: kubernetes-validate is not installed"
+        return
+    versions = _k8s_versions()
+    notes["kubernetes-validate"] = f"strict, Kubernetes {', '.join(versions)}"
+    for r in objects:
+        errors = []
+        for v in versions:
+            try:
+                kubernetes_validate.validate(harness.unwrap(r.raw_inputs), v, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                errors = []
+                notes["kubernetes-validate"] += f"; no schema for {r.inputs.get('kind')} (custom resource)"
+                break
+            except kubernetes_validate.ValidationError as exc:
+                path = "/".join(str(p) for p in exc.path) or "(root)"
+                errors.append(f"{v}: {path}: {exc.message}")
+        yield ValidatorResult("kubernetes-validate", r.name, r.type, not errors, "; ".join(errors), r.urn)
+
+
+_TASKDEF_KEYS = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "requiresCompatibilities", "cpu",
+                 "memory", "pidMode", "ipcMode", "runtimePlatform", "ephemeralStorage", "placementConstraints",
+                 "proxyConfiguration", "inferenceAccelerators", "enableFaultInjection")
+
+
+def taskdef_request(inputs: dict[str, Any]) -> dict[str, Any]:
+    """Pulumi TaskDefinition inputs -> the ECS RegisterTaskDefinition request they become."""
+    req: dict[str, Any] = {k: inputs[k] for k in _TASKDEF_KEYS if inputs.get(k) is not None}
+    for k in ("cpu", "memory"):
+        if k in req:
+            req[k] = str(int(req[k])) if isinstance(req[k], float) else str(req[k])
+    if "ephemeralStorage" in req:
+        req["ephemeralStorage"] = {"sizeInGiB": int(req["ephemeralStorage"].get("sizeInGib", 21))}
+    req["containerDefinitions"] = json.loads(inputs.get("containerDefinitions") or "[]")
+    volumes = []
+    for v in inputs.get("volumes") or []:
+        vol: dict[str, Any] = {"name": v.get("name")}
+        if v.get("hostPath"):
+            vol["host"] = {"sourcePath": v["hostPath"]}
+        for key in ("efsVolumeConfiguration", "dockerVolumeConfiguration", "fsxWindowsFileServerVolumeConfiguration"):
+            if v.get(key):
+                vol[key] = _ints(v[key])
+        if v.get("configureAtLaunch") is not None:
+            vol["configuredAtLaunch"] = v["configureAtLaunch"]
+        volumes.append(vol)
+    if volumes:
+        req["volumes"] = volumes
+    if inputs.get("tags"):
+        req["tags"] = [{"key": k, "value": str(v)} for k, v in inputs["tags"].items()]
+    return req
+
+
+def _ints(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _ints(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_ints(v) for v in value]
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def validate_ecs(rendered: harness.Rendered, notes: dict[str, str]) -> Iterator[ValidatorResult]:
+    tasks = rendered.of_type("aws:ecs/taskDefinition:TaskDefinition")
+    if not tasks:
+        return
+    try:
+        import botocore.session
+        from botocore.validate import ParamValidator
+    except ImportError:
+        notes["botocore"] = "skipped: botocore is not installed"
+        return
+    model = botocore.session.get_session().get_service_model("ecs")
+    shape = model.operation_model("RegisterTaskDefinition").input_shape
+    notes["botocore"] = f"ECS RegisterTaskDefinition (botocore {botocore.__version__})"
+    for r in tasks:
+        try:
+            report = ParamValidator().validate(taskdef_request(r.inputs), shape)
+            errors = report.generate_report() if report.has_errors() else ""
+        except (ValueError, TypeError, AttributeError) as exc:
+            errors = f"cannot build the request: {exc}"
+        yield ValidatorResult("botocore", r.name, r.type, not errors, errors, r.urn)
+
+
+def _user_data(inputs: dict[str, Any]) -> str | None:
+    if inputs.get("userData"):
+        return str(inputs["userData"])
+    if inputs.get("userDataBase64"):
+        return base64.b64decode(inputs["userDataBase64"]).decode(errors="replace")
+    return None
+
+
+def validate_cloud_init(rendered: harness.Rendered, notes: dict[str, str]) -> Iterator[ValidatorResult]:
+    hosts = [r for r in rendered.resources if r.type in ("aws:ec2/instance:Instance",
+                                                         "aws:ec2/launchTemplate:LaunchTemplate")]
+    docs = [(r, _user_data(r.inputs)) for r in hosts]
+    docs = [(r, d) for r, d in docs if d]
+    if not docs:
+        return
+    tool = shutil.which("cloud-init")
+    if not tool:
+        notes["cloud-init"] = "skipped: cloud-init is not installed (apt-get install cloud-init)"
+        return
+    notes["cloud-init"] = "cloud-init schema"
+    with tempfile.TemporaryDirectory() as tmp:
+        for r, doc in docs:
+            if not doc.lstrip().startswith("#cloud-config"):
+                yield ValidatorResult("cloud-init", r.name, r.type, True, "not #cloud-config; schema not applicable",
+                                      r.urn)
+                continue
+            path = Path(tmp, f"{r.name}.yaml")
+            path.write_text(doc)
+            proc = subprocess.run([tool, "schema", "-c", str(path)], capture_output=True, text=True, timeout=60)
+            out = (proc.stdout + proc.stderr).strip()
+            yield ValidatorResult("cloud-init", r.name, r.type, proc.returncode == 0,
+                                  "" if proc.returncode == 0 else out[-800:], r.urn)
+
+
+_TLS_FILES = re.compile(r"^(\s*tls\s+)(\S+)\s+(\S+)\s*$", re.M)
+
+
+def _throwaway_cert(tmp: str) -> tuple[str, str] | None:
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    openssl = shutil.which("openssl")
+    if not openssl:
+        return None
+    proc = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                           "-nodes", "-days", "1", "-subj", "/CN=check.invalid", "-keyout", key, "-out", cert],
+                          capture_output=True, timeout=30)
+    return (cert, key) if proc.returncode == 0 else None
+
+
+def validate_caddy(rendered: harness.Rendered, notes: dict[str, str]) -> Iterator[ValidatorResult]:
+    files = []
+    for r in rendered.of_type("docker:index/container:Container"):
+        for up in r.inputs.get("uploads") or []:
+            if str(up.get("file", "")).endswith("Caddyfile") and up.get("content"):
+                files.append((r, str(up["content"])))
+    if not files:
+        return
+    tool = shutil.which("caddy")
+    if not tool:
+        notes["caddy"] = "skipped: caddy is not installed (apt-get install caddy)"
+        return
+    notes["caddy"] = "caddy adapt + validate"
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "HOME": tmp, "XDG_DATA_HOME": f"{tmp}/data", "XDG_CONFIG_HOME": f"{tmp}/config"}
+        for r, text in files:
+            if _TLS_FILES.search(text):
+                # The rendered cert/key are mock placeholders; validate with a real throwaway pair.
+                pair = _throwaway_cert(tmp)
+                if pair:
+                    text = _TLS_FILES.sub(lambda m: f"{m.group(1)}{pair[0]} {pair[1]}", text)
+                    notes["caddy"] += " (tls files replaced by a throwaway pair)"
+            path = Path(tmp, f"{r.name}.Caddyfile")
+            path.write_text(text)
+            errors = []
+            for cmd in ("adapt", "validate"):
+                proc = subprocess.run([tool, cmd, "--config", str(path), "--adapter", "caddyfile"],
+                                      capture_output=True, text=True, timeout=60, env=env)
+                if proc.returncode != 0:
+                    lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "error" in ln.lower()]
+                    errors.append(f"caddy {cmd}: " + (lines[-1] if lines else proc.stderr.strip()[-400:]))
+            yield ValidatorResult("caddy", r.name, r.type, not errors, "; ".join(errors), r.urn)
+
+
+VALIDATORS = (validate_kubernetes, validate_ecs, validate_cloud_init, validate_caddy)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _tenants(cfg: dict[str, Any]) -> list[str]:
+    value = cfg.get(f"{NAMESPACE}:tenants", ["default"])
+    if isinstance(value, str):
+        value = json.loads(value) if value.startswith("[") else [value]
+    return [str(t) for t in value]
+
+
+def _tenant_of(r: harness.Resource, by_urn: dict[str, harness.Resource], tenants: list[str]) -> str | None:
+    node: harness.Resource | None = r
+    while node is not None:
+        for t in tenants:
+            if node.name == t or node.name.startswith(t + "-"):
+                return t
+        node = by_urn.get(node.parent)
+    # Labels/tags that name the tenant (dev.openhands.tenant, openhands:tenant, ...).
+    for bag in (r.inputs.get("tags"), r.inputs.get("labels"), (r.inputs.get("metadata") or {}).get("labels")):
+        pairs = bag.items() if isinstance(bag, dict) else [(x.get("label"), x.get("value")) for x in bag or []
+                                                           if isinstance(x, dict)]
+        for k, v in pairs:
+            if "tenant" in str(k).lower() and v in tenants:
+                return str(v)
+    return None
+
+
+def _short(typ: str) -> str:
+    pkg, _, name = typ.partition(":")
+    return f"{pkg} {typ.rsplit(':', 1)[-1]}" if name else typ
+
+
+def build_report(stack: str, rendered: harness.Rendered, config_path: Path | None,
+                 config: dict[str, tuple[str | None, dict[str, Any]]], validators: bool = True) -> Report:
+    violations, summary = run_policies(rendered, config)
+    notes: dict[str, str] = {}
+    results: list[ValidatorResult] = []
+    if validators:
+        for fn in VALIDATORS:
+            results.extend(fn(rendered, notes))
+    model = str(rendered.outputs.get("model") or rendered.config.get(f"{NAMESPACE}:model", "?"))
+    report = Report(stack=stack, model=model, policy_config=str(config_path) if config_path else None,
+                    resources=len(rendered.resources), policies=summary, validators=notes,
+                    violations=violations, validator_results=results)
+    tenants = _tenants(rendered.config)
+    by_urn = {r.urn: r for r in rendered.resources}
+    owner = {r.urn: _tenant_of(r, by_urn, tenants) for r in rendered.resources}
+    by_name = {r.name: r.urn for r in rendered.resources}
+    urls = rendered.outputs.get("url") or {}
+    sections = {t: {"url": urls.get(t) if isinstance(urls, dict) else None} for t in tenants}
+    sections[""] = {"outputs": {k: v for k, v in rendered.outputs.items()
+                                if k not in rendered.secret_outputs and k not in ("url", "caddyfile")}}
+    for key, sec in sections.items():
+        mine = [r for r in rendered.resources if (owner[r.urn] or "") == key and r.custom]
+        sec["resources"] = dict(sorted(Counter(_short(r.type) for r in mine).items()))
+        sec["violations"] = [asdict(v) for v in violations
+                             if (owner.get(v.urn) or owner.get(by_name.get(v.resource, ""), None) or "") == key]
+        sec["validators"] = [asdict(v) for v in results if (owner.get(v.urn) or "") == key]
+    report.shared = sections.pop("")
+    report.tenants = sections
+    return report
+
+
+def format_text(report: Report) -> str:
+    out = [f"stack {report.stack} (model {report.model}): {report.resources} resources; policy config: "
+           f"{report.policy_config or 'pack defaults'}"]
+
+    def section(title: str, sec: dict[str, Any]) -> None:
+        out.append(title)
+        res = ", ".join(f"{k} x{n}" for k, n in sec["resources"].items()) or "none"
+        out.append(f"  resources: {res}")
+        for k, v in (sec.get("outputs") or {}).items():
+            text = json.dumps(v) if not isinstance(v, str) else v
+            out.append(f"  output {k}: {text[:120]}")
+        if sec["violations"]:
+            for v in sec["violations"]:
+                msg = v["message"].replace("\n", " ")
+                out.append(f"  {v['level'].upper():9} {v['policy']}: {msg}")
+        else:
+            out.append("  policies: no violations")
+        for v in sec["validators"]:
+            mark = "ok" if v["ok"] else "ERROR"
+            detail = f" {v['message']}" if v["message"] else ""
+            out.append(f"  {v['validator']:19} {v['resource']}: {mark}{detail}")
+
+    for tenant, sec in report.tenants.items():
+        section(f"tenant {tenant}  {sec.get('url') or '(no url)'}", sec)
+    section("shared", report.shared)
+    active = [p for p in report.policies if p["level"] != "disabled"]
+    levels = Counter(p["level"] for p in active)
+    out.append(f"policies: {len(active)} run ({', '.join(f'{n} {lvl}' for lvl, n in sorted(levels.items()))})")
+    for name, note in report.validators.items():
+        out.append(f"validator {name}: {note}")
+    if not report.validators:
+        out.append("validators: nothing to validate in this stack")
+    verdict = "PASS" if report.ok else "FAIL"
+    out.append(f"result: {verdict} ({len(report.mandatory)} mandatory, {len(report.advisory)} advisory, "
+               f"{len(report.validator_errors)} validator errors)")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@contextmanager
+def _program(spec: str | None) -> Iterator[None]:
+    """Test hook: render ``module:function`` instead of the package's program."""
+    if not spec:
+        yield
+        return
+    from components import program
+
+    module, _, func = spec.partition(":")
+    fn = getattr(importlib.import_module(module), func or "run")
+    original = program.run
+    program.run = fn
+    try:
+        yield
+    finally:
+        program.run = original
+
+
+def _promoted_from(stack: str) -> dict[str, dict[str, Any]]:
+    """Stand-in outputs for a stack that promotes from another (prod reads dev's image)."""
+    try:
+        from components.promotion import assumed_stack_outputs
+    except ImportError:
+        return {}
+    return assumed_stack_outputs(stack)
+
+
+def _parse_set(values: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set wants key=value, got {item!r}")
+        out[key] = yaml.safe_load(value) if value else None
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-s", "--stack", required=True, help=f"stack in stacks/ ({', '.join(harness.stack_names())})")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--policy-config", type=Path,
+                        help="pack config (pulumi --policy-pack-config format); default policy/config.<stack>.json "
+                             "if present")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override config, e.g. tenants='[a,b]' or ecs.domain=example.org (YAML values)")
+    parser.add_argument("--no-validators", action="store_true", help="run only the policy pack")
+    parser.add_argument("--program", help=argparse.SUPPRESS)  # tests: render module:function instead
+    opts = parser.parse_args(list(argv or []))
+
+    try:
+        overrides = _parse_set(opts.set)
+        config_path = opts.policy_config or default_config_file(opts.stack)
+        names = [p.name for p in load_policies().POLICIES]
+        config = read_policy_config(config_path, names)
+        with _program(opts.program):
+            rendered = harness.render(opts.stack, overrides=overrides, stack_outputs=_promoted_from(opts.stack))
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"check: {exc}", file=sys.stderr)
+        return 2
+    report = build_report(opts.stack, rendered, config_path, config, validators=not opts.no_validators)
+    print(json.dumps(report.to_json(), indent=2, default=str) if opts.json else format_text(report))
+    return 0 if report.ok else 1
