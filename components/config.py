@@ -150,7 +150,7 @@ class VmSettings(Settings):
     subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
     ssh_public_key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
     ssh_private_key_path: str | None = None
-    admin_cidrs: list[Cidr]  # required; an empty list is refused below with the reason
+    admin_cidrs: list[Cidr] = Field(default_factory=list, validate_default=True)
     ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
     root_volume_size: int = Field(30, ge=8, le=1024)
     data_volume_size: int = Field(50, ge=1, le=16384)
@@ -369,6 +369,9 @@ class KubernetesSettings(Settings):
 _LOG_RETENTION = (1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922,
                   3288, 3653)
 
+# One host rule and one target group per tenant; AWS's default ALB quotas are 100 of each.
+ALB_MAX_TENANTS = 100
+
 # Fargate task sizes: vCPU -> (min MiB, max MiB, step MiB), from the ECS task-size table.
 FARGATE_SIZES: dict[float, tuple[int, int, int]] = {
     0.25: (512, 2048, 512),  # 512, 1024, 2048 (1536 is refused; checked below)
@@ -456,8 +459,16 @@ class EcsSettings(Settings):
 
     def check_stack(self, cfg: StackConfig) -> list[str]:
         """Checks that need the whole stack: Fargate only runs fixed cpu/memory pairs."""
+        out = []
         problem = fargate_size_problem(cfg.resources.cpu, cfg.resources.memory)
-        return [f"  - {NAMESPACE}:resources: {problem} (model 'ecs')"] if problem else []
+        if problem:
+            out.append(f"  - {NAMESPACE}:resources: {problem} (model 'ecs')")
+        if len(cfg.tenants) > ALB_MAX_TENANTS:
+            out.append(
+                f"  - {NAMESPACE}:tenants: {len(cfg.tenants)} tenants, but one ALB holds {ALB_MAX_TENANTS} "
+                "listener rules and target groups by default (AWS quota); split the tenants over stacks"
+            )
+        return out
 
 
 # --------------------------------------------------------------------------- modal

@@ -518,3 +518,8 @@ def test_rendered_container_boots_the_real_agent_server(three: Rendered, start_a
     assert cmd[:3] == ["CMD", "bash", "-c"]
     script = cmd[3].replace(f"/127.0.0.1/{contract.PORT}", f"/127.0.0.1/{server.port}")
     assert subprocess.run(["bash", "-c", script], timeout=10).returncode == 0
+
+
+def test_more_tenants_than_one_alb_holds_is_refused() -> None:
+    with pytest.raises(ConfigError, match="openhands:tenants: 101 tenants"):
+        render.render("ecs", overrides={"tenants": [f"t{i}" for i in range(101)]})
