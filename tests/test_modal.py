@@ -261,7 +261,9 @@ def test_provider_pickles_by_reference():
 def test_create_puts_secret_volume_and_deploys(modal_stack: Rendered):
     res = modal_stack.one(APP)
     p, fake = provider()
-    result = p.create(provider_props(res))
+    props = provider_props(res)
+    assert rpc.is_rpc_secret(props["secretEnv"])  # as the engine passes it
+    result = p.create(props)
     assert fake.calls == [
         ("put_secret", "openhands-agent-server-default-keys", "main"),
         ("ensure_volume", "openhands-state-default", "main"),
