@@ -150,7 +150,7 @@ class VmSettings(Settings):
     subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
     ssh_public_key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
     ssh_private_key_path: str | None = None
-    admin_cidrs: list[Cidr] = Field(default_factory=list, validate_default=True)
+    admin_cidrs: list[Cidr]  # required; an empty list is refused below with the reason
     ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
     root_volume_size: int = Field(30, ge=8, le=1024)
     data_volume_size: int = Field(50, ge=1, le=16384)
@@ -744,7 +744,9 @@ def _format(errors: list[dict[str, Any]], stack: str) -> str:
     return "\n".join(lines)
 
 
-def parse(values: Mapping[str, Any], secret_keys: set[str] | frozenset[str] = frozenset(), stack: str = "?") -> StackConfig:
+def parse(
+    values: Mapping[str, Any], secret_keys: set[str] | frozenset[str] = frozenset(), stack: str = "?"
+) -> StackConfig:
     """Parse decoded ``openhands:*`` values (keys without the namespace) into a StackConfig."""
     problems: list[str] = []
     for key in SECRET_FIELDS:
