@@ -8,8 +8,12 @@ container spec taken from the rendered StatefulSet boots the real agent server.
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -422,3 +426,57 @@ def test_rendered_container_spec_boots_the_real_agent_server(one: Rendered, star
     assert server.get("/api/conversations/count", key=key) == (200, "0")
     # State lands on the data volume, per the rendered env.
     assert (server.workdir / "data" / "conversations").is_dir()
+
+
+@pytest.mark.skipif(
+    not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare")),
+    reason="needs root and unshare(1) to give the server a read-only root filesystem",
+)
+def test_server_runs_on_a_read_only_root_with_the_rendered_scratch_dirs(one: Rendered) -> None:
+    """readOnlyRootFilesystem, emulated: in a private mount namespace / is remounted read-only,
+    /tmp is a fresh tmpfs (the /tmp emptyDir), and only the data and home dirs stay writable.
+    The server must start, serve /ready and create a conversation (state writes) without a
+    write error. The image runs a PyInstaller build of the same code; this runs the wheel."""
+    from tests import agent_server
+
+    sts = of_kind(one, "StatefulSet")[0]
+    c = container(sts)
+    assert "/tmp" in contract.SCRATCH_DIRS
+    key = one.outputs["apiKey"]["default"]
+    # Outside /tmp, which the namespace replaces with an empty tmpfs.
+    workdir = Path(tempfile.mkdtemp(prefix="oh-k8s-ro-", dir="/var/tmp"))
+    data, home = workdir / "data", workdir / "home"
+    for d in (data, home):
+        d.mkdir()
+    port = agent_server.free_port()
+    env = contract.map_paths(resolved_env(one, sts), {contract.DATA_DIR: str(data), contract.HOME_DIR: str(home)})
+    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "LANG": "C.UTF-8", **env}
+    exe = agent_server.ensure_agent_server()
+    script = "set -e; mount --make-rprivate /; "
+    script += "".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))}; " for d in (data, home))
+    script += "mount -t tmpfs -o size=1g,mode=1777 scratch /tmp; mount -o remount,bind,ro /; cd /; "
+    script += "exec " + " ".join(shlex.quote(a) for a in [str(exe), *agent_server.local_args(c["args"], port)])
+    log = workdir / "server.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=full_env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    server = agent_server.AgentServer(process=proc, port=port, workdir=workdir, env=full_env, log=log)
+    try:
+        agent_server.wait_ready(server)
+        assert server.get(c["readinessProbe"]["httpGet"]["path"])[0] == 200
+        status, body = agent_server.http(
+            "POST", server.url + "/api/conversations", {contract.AUTH_HEADER: key},
+            {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
+             "workspace": {"working_dir": f"{data}/project"}},
+        )
+        assert status == 201, body[:500]
+        assert server.get("/api/conversations/count", key=key) == (200, "1")
+        # The root really was read-only for the server, and it never needed to write there.
+        probe = subprocess.run(["nsenter", "-t", str(proc.pid), "-m", "touch", "/oh-ro-probe"],
+                               capture_output=True, text=True)
+        assert probe.returncode != 0 and "Read-only" in probe.stderr
+    finally:
+        server.stop()
+        text = log.read_text(errors="replace")
+        shutil.rmtree(workdir, ignore_errors=True)
+    assert "Read-only file system" not in text, text[-3000:]
