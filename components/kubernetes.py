@@ -28,6 +28,10 @@ from components.config import KubernetesSettings, StackConfig
 from components.keys import TenantKeys
 from components.program import Deployment
 
+# The Kubernetes versions we claim: the oldest and newest schemas kubernetes-validate
+# 1.37.0 ships. Every rendered object is validated (strict) against both.
+SUPPORTED_K8S_VERSIONS = ("1.25.0", "1.37.0")
+
 TENANT_LABEL = "openhands.dev/tenant"
 CHECKSUM_ANNOTATION = "openhands.dev/keys-checksum"
 STATE_VOLUME = "state"

@@ -22,13 +22,14 @@ import pytest
 
 from components import contract
 from components.config import ConfigError
+from components.kubernetes import SUPPORTED_K8S_VERSIONS
 from components.render import ROOT, Rendered, render
 from tests import checkov_runner
 
 STACK = "k8s"
 THREE = ["alpha", "bravo", "charlie"]
 # The range we claim (README): the oldest and newest schemas kubernetes-validate ships.
-SUPPORTED_VERSIONS = ("1.25.0", "1.37.0")
+SUPPORTED_VERSIONS = SUPPORTED_K8S_VERSIONS
 
 
 # ------------------------------------------------------------------ helpers
