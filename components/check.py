@@ -232,10 +232,11 @@ def run_policies(rendered: harness.Rendered, config: dict[str, tuple[str | None,
         if level == "disabled":
             continue
 
-        def reporter(r_name: str, r_type: str, r_urn: str) -> Callable[..., None]:
+        def reporter(r_name: str, r_type: str, r_urn: str, name: str = policy.name, level: str = level,
+                     entry: dict[str, Any] = entry) -> Callable[..., None]:
             def report(message: str, urn: str | None = None) -> None:
                 res = by_urn.get(urn or "") if urn else None
-                violations.append(Violation(policy.name, level, res.name if res else r_name,
+                violations.append(Violation(name, level, res.name if res else r_name,
                                             res.type if res else r_type, urn or r_urn, message))
                 entry["violations"] += 1
             return report
@@ -430,7 +431,8 @@ def validate_caddy(rendered: harness.Rendered, notes: dict[str, str]) -> Iterato
                 # The rendered cert/key are mock placeholders; validate with a real throwaway pair.
                 pair = _throwaway_cert(tmp)
                 if pair:
-                    text = _TLS_FILES.sub(lambda m: f"{m.group(1)}{pair[0]} {pair[1]}", text)
+                    cert, key = pair
+                    text = _TLS_FILES.sub(lambda m, c=cert, k=key: f"{m.group(1)}{c} {k}", text)
                     notes["caddy"] += " (tls files replaced by a throwaway pair)"
             path = Path(tmp, f"{r.name}.Caddyfile")
             path.write_text(text)

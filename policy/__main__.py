@@ -4,9 +4,8 @@ Constructing a PolicyPack starts the analyzer's gRPC server and blocks, so every
 in ``policies.py`` (imported by tests and ``python -m components check`` without serving).
 """
 
-from pulumi_policy import EnforcementLevel, PolicyPack
-
 from policies import PACK_NAME, POLICIES
+from pulumi_policy import EnforcementLevel, PolicyPack
 
 PolicyPack(
     name=PACK_NAME,

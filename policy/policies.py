@@ -567,7 +567,8 @@ def agent_server_health_checks(args: ResourceValidationArgs, report: ReportViola
 def storage_encrypted(args: ResourceValidationArgs, report: ReportViolation) -> None:
     t, props = args.resource_type, args.props
     if t == EFS and dig(props, "encrypted") is not True:
-        _violation(report, args, "EFS file system is not encrypted at rest", "set encrypted=True (optionally kms_key_id)")
+        _violation(report, args, "EFS file system is not encrypted at rest",
+                   "set encrypted=True (optionally kms_key_id)")
     elif t == EBS and dig(props, "encrypted") is not True:
         _violation(report, args, "EBS volume is not encrypted", "set encrypted=True")
     elif t == INSTANCE:

@@ -1,0 +1,103 @@
+"""``python -m components check``: every shipped stack passes; a violating program fails, with a useful report."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import check
+from components.render import stack_names
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD = "tests.policy_fixtures.bad_program:run"
+
+
+def run_check(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    rc = check.main(list(argv))
+    return rc, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("stack", stack_names())
+def test_every_shipped_stack_passes_the_mandatory_policies(stack: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_check(capsys, "-s", stack, "--json")
+    report = json.loads(out)
+    mandatory = [v["message"] for sec in [*report["tenants"].values(), report["shared"]] for v in sec["violations"]
+                 if v["level"] == "mandatory"]
+    errors = [f"{v['validator']} {v['resource']}: {v['message']}" for sec in [*report["tenants"].values(),
+              report["shared"]] for v in sec["validators"] if not v["ok"]]
+    assert mandatory == [] and errors == []
+    assert rc == 0 and report["ok"]
+    assert report["summary"]["resources"] > 3
+    for tenant, sec in report["tenants"].items():
+        assert sec["url"] and sec["url"].startswith("https://"), (tenant, sec["url"])
+        assert sec["resources"], f"no resources attributed to tenant {tenant}"
+    assert len(report["policies"]) == len(check.load_policies().POLICIES)
+
+
+def test_failing_program_exits_non_zero_with_a_report(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_check(capsys, "-s", "local", "--program", BAD, "--json")
+    assert rc == 1
+    report = json.loads(out)
+    assert not report["ok"]
+    violations = [v for sec in [*report["tenants"].values(), report["shared"]] for v in sec["violations"]]
+    by_policy = {(v["policy"], v["resource"]) for v in violations if v["level"] == "mandatory"}
+    assert {("no-plain-secrets", "default-agent"), ("docker-publish-only-tls-proxy", "default-agent"),
+            ("ingress-tls", "default-ingress"), ("no-world-open-ports", "ssh")} <= by_policy
+    # The default-agent resources belong to tenant "default"; the rest is shared.
+    assert {v["resource"] for v in report["tenants"]["default"]["violations"]} >= {"default-agent",
+                                                                                   "default-ingress"}
+    validators = {(v["validator"], v["resource"]): v for sec in [*report["tenants"].values(), report["shared"]]
+                  for v in sec["validators"]}
+    if "kubernetes-validate" in report["validators"]:
+        bad = validators[("kubernetes-validate", "default-ingress")]
+        assert not bad["ok"] and "ingresClassName" in bad["message"]
+    if "caddy" in report["validators"] and "skipped" not in report["validators"]["caddy"]:
+        assert not validators[("caddy", "proxy")]["ok"]
+    assert report["summary"]["validatorErrors"] >= 1
+    # Image pinning is advisory by default.
+    assert any(v["policy"] == "image-pinned" and v["level"] == "advisory" for v in violations)
+
+    rc, text = run_check(capsys, "-s", "local", "--program", BAD)
+    assert rc == 1
+    assert "result: FAIL" in text
+    assert "MANDATORY no-plain-secrets: Container 'default-agent'" in text
+    assert "Fix:" in text
+
+
+def test_prod_config_makes_image_pinning_mandatory(capsys: pytest.CaptureFixture[str]) -> None:
+    latest = "image=ghcr.io/openhands/agent-server:latest"
+    rc, out = run_check(capsys, "-s", "local", "--set", latest, "--json")
+    report = json.loads(out)
+    assert rc == 0 and report["summary"]["advisoryViolations"] >= 1
+    rc, out = run_check(capsys, "-s", "local", "--set", latest, "--json",
+                        "--policy-config", str(ROOT / "policy" / "config.prod.json"))
+    report = json.loads(out)
+    assert rc == 1
+    assert {v["policy"] for v in report["shared"]["violations"] if v["level"] == "mandatory"} == {"image-pinned"}
+
+
+def test_set_overrides_tenants(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out = run_check(capsys, "-s", "local", "--set", "tenants=[a, b, c]", "--json", "--no-validators")
+    report = json.loads(out)
+    assert rc == 0 and sorted(report["tenants"]) == ["a", "b", "c"]
+    assert all(sec["resources"].get("docker Container") == 1 for sec in report["tenants"].values())
+
+
+def test_config_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = check.main(["-s", "local", "--set", "docker.engine=bogus"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "openhands:docker.engine" in err
+    rc = check.main(["-s", "nope"])
+    assert rc == 2 and "no stack file" in capsys.readouterr().err
+
+
+def test_cli_entry_point() -> None:
+    proc = subprocess.run([sys.executable, "-m", "components", "check", "-s", "local"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tenant default  https://default.localhost:8443" in proc.stdout
+    assert "result: PASS" in proc.stdout

@@ -1,0 +1,170 @@
+"""The CrossGuard pack: every policy passes and fails on fixtures, the engine path agrees, the pack builds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import runpy
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+from google.protobuf import struct_pb2
+from pulumi.runtime.proto import analyzer_pb2
+from pulumi_policy import (
+    PolicyCustomTimeouts,
+    PolicyResource,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+)
+from pulumi_policy.policy import _PolicyAnalyzerServicer
+
+from components import check
+from tests.policy_fixtures import Fixture, all_fixtures
+
+POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
+policies = check.load_policies()
+FIXTURES = all_fixtures()
+
+
+def _opts(f: Fixture) -> PolicyResourceOptions:
+    return PolicyResourceOptions(f.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), f.additional_secret_outputs,
+                                 None)
+
+
+def run_fixture(f: Fixture) -> list[str]:
+    """Run the fixture's policy the way the engine would, and return the violation messages."""
+    policy = policies.BY_NAME[f.policy]
+    messages: list[str] = []
+
+    def report(message: str, urn: str | None = None) -> None:
+        messages.append(message)
+
+    if isinstance(policy, ResourceValidationPolicy):
+        urn = f"urn:pulumi:test::openhands::{f.type}::{f.name}"
+        args = ResourceValidationArgs(f.type, check.engine_props(f.props), urn, f.name, _opts(f), None, f.config)
+        if f.secret_paths is not None:
+            args.secret_paths = f.secret_paths
+        if f.retain_on_delete is not None:
+            args.retain_on_delete = f.retain_on_delete
+        result = policy.validate(args, report)
+    else:
+        resources = [PolicyResource(t, check.engine_props(p), f"urn:pulumi:test::openhands::{t}::{n}", n, _opts(f),
+                                    None, None, [], {}) for t, n, p in f.stack or []]
+        result = policy.validate(StackValidationArgs(resources, f.config), report)
+    if asyncio.iscoroutine(result):
+        asyncio.run(result)
+    return messages
+
+
+@pytest.mark.parametrize("fixture", FIXTURES, ids=[f"{f.policy}:{f.id}" for f in FIXTURES])
+def test_fixture(fixture: Fixture) -> None:
+    messages = run_fixture(fixture)
+    if not fixture.violates:
+        assert messages == [], f"{fixture.policy} should pass {fixture.id}, reported: {messages}"
+        return
+    assert messages, f"{fixture.policy} should report {fixture.id}"
+    for m in messages:
+        assert "Fix: " in m, f"message does not say how to fix it: {m}"
+        named = fixture.name if fixture.stack is None else None
+        assert named is None or f"'{named}'" in m, f"message does not name the resource: {m}"
+    if fixture.expect:
+        assert any(fixture.expect in m for m in messages), f"{fixture.expect!r} not in {messages}"
+
+
+def test_every_policy_has_a_passing_and_a_failing_fixture() -> None:
+    seen: dict[str, set[bool]] = defaultdict(set)
+    for f in FIXTURES:
+        seen[f.policy].add(f.violates)
+    names = [p.name for p in policies.POLICIES]
+    assert {n for n in names if seen[n] != {True, False}} == set()
+    assert set(seen) <= set(names), f"fixtures for unknown policies: {set(seen) - set(names)}"
+
+
+def test_mandatory_and_configurable_split() -> None:
+    levels = {p.name: p.enforcement_level.value for p in policies.POLICIES}
+    assert {n for n, lvl in levels.items() if lvl == "advisory"} == {"image-pinned", "data-protected"}
+    assert all(lvl == "mandatory" for n, lvl in levels.items() if n not in policies.CONFIGURABLE)
+    names = list(levels)
+    dev = check.read_policy_config(POLICY_DIR / "config.dev.json", names)
+    prod = check.read_policy_config(POLICY_DIR / "config.prod.json", names)
+    for name in policies.CONFIGURABLE:
+        assert check.effective_level(policies.BY_NAME[name], dev) == "advisory"
+        assert check.effective_level(policies.BY_NAME[name], prod) == "mandatory"
+    for name in set(names) - set(policies.CONFIGURABLE):
+        assert check.effective_level(policies.BY_NAME[name], dev) == "mandatory"
+
+
+def test_policy_config_errors_name_the_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "c.json"
+    bad.write_text(json.dumps({"image-pined": "mandatory"}))
+    with pytest.raises(ValueError, match="unknown policy 'image-pined'"):
+        check.read_policy_config(bad, [p.name for p in policies.POLICIES])
+    bad.write_text(json.dumps({"image-pinned": "disallowed"}))
+    with pytest.raises(ValueError, match="allowed: advisory, mandatory"):
+        check.read_policy_config(bad, [p.name for p in policies.POLICIES])
+
+
+def _analyze(servicer: _PolicyAnalyzerServicer, f: Fixture) -> list[analyzer_pb2.AnalyzeDiagnostic]:
+    props = struct_pb2.Struct()
+    props.update(f.props)
+    request = analyzer_pb2.AnalyzeRequest(type=f.type, properties=props, urn=f"urn:x::{f.name}", name=f.name,
+                                          options=analyzer_pb2.AnalyzerResourceOptions(protect=f.protect))
+    return list(servicer.Analyze(request, None).diagnostics)
+
+
+def test_the_real_analyzer_reports_what_the_fixtures_expect() -> None:
+    """pulumi-policy's own gRPC servicer (what `pulumi preview --policy-pack` talks to), without serving."""
+    servicer = _PolicyAnalyzerServicer(policies.PACK_NAME, "0.1.0", policies.POLICIES,
+                                       policies.EnforcementLevel.MANDATORY)
+    engine_visible = [f for f in FIXTURES if f.stack is None and f.secret_paths is None
+                      and f.retain_on_delete is None and not f.additional_secret_outputs and not f.config]
+    assert len(engine_visible) > 40
+    for f in engine_visible:
+        diags = [d for d in _analyze(servicer, f) if d.policyName == f.policy]
+        assert bool(diags) == f.violates, (f.policy, f.id, [d.message for d in diags])
+    # Per-environment enforcement arrives through Configure, as --policy-pack-config sends it.
+    latest = next(f for f in FIXTURES if f.policy == "image-pinned" and f.violates and f.stack is None)
+    [diag] = [d for d in _analyze(servicer, latest) if d.policyName == "image-pinned"]
+    assert diag.enforcementLevel == analyzer_pb2.ADVISORY
+    prod = json.loads((POLICY_DIR / "config.prod.json").read_text())
+    servicer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
+        name: analyzer_pb2.PolicyConfig(enforcementLevel=analyzer_pb2.MANDATORY) for name in prod}), None)
+    [diag] = [d for d in _analyze(servicer, latest) if d.policyName == "image-pinned"]
+    assert diag.enforcementLevel == analyzer_pb2.MANDATORY
+
+
+def test_main_only_builds_the_pack(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pulumi_policy
+
+    built = {}
+
+    def fake_pack(**kwargs):  # the real one serves gRPC forever
+        built.update(kwargs)
+
+    monkeypatch.setattr(pulumi_policy, "PolicyPack", fake_pack)
+    monkeypatch.syspath_prepend(str(POLICY_DIR))
+    runpy.run_path(str(POLICY_DIR / "__main__.py"), run_name="__main__")
+    assert built["name"] == "openhands-guardrails"
+    assert [p.name for p in built["policies"]] == [p.name for p in policies.POLICIES]
+    assert len({p.name for p in policies.POLICIES}) == len(policies.POLICIES)
+    meta = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text())
+    assert meta["runtime"]["name"] == "python" and meta["main"] == "__main__.py"
+    assert meta["version"].count(".") == 2
+    requirements = (POLICY_DIR / "requirements.txt").read_text()
+    assert "pulumi-policy==1.21.0" in requirements
+
+
+def test_policies_import_without_the_repo_on_path(tmp_path: Path) -> None:
+    """`pulumi preview --policy-pack policy` runs the pack with policy/ as its directory."""
+    import subprocess
+
+    code = "import policies; print(len(policies.POLICIES))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=POLICY_DIR, capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == len(policies.POLICIES)
