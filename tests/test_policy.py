@@ -168,3 +168,32 @@ def test_policies_import_without_the_repo_on_path(tmp_path: Path) -> None:
                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(policies.POLICIES)
+
+
+@pytest.mark.parametrize("stack", ["ecs", "k8s", "dev", "prod"])
+def test_rendered_stacks_pass_the_real_analyzer(stack: str) -> None:
+    """What `pulumi preview --policy-pack policy` would say: feed each rendered resource, as a protobuf
+    Struct of its raw inputs, to pulumi-policy's servicer configured like the stack's environment."""
+    from components import render
+    from components.promotion import assumed_stack_outputs
+
+    if stack not in render.stack_names():
+        pytest.skip(f"no stacks/Pulumi.{stack}.yaml")
+    rendered = render.render(stack, stack_outputs=assumed_stack_outputs(stack))
+    servicer = _PolicyAnalyzerServicer(policies.PACK_NAME, "0.1.0", policies.POLICIES,
+                                       policies.EnforcementLevel.MANDATORY)
+    config = POLICY_DIR / f"config.{stack}.json"
+    if config.exists():
+        levels = {"advisory": analyzer_pb2.ADVISORY, "mandatory": analyzer_pb2.MANDATORY}
+        servicer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
+            name: analyzer_pb2.PolicyConfig(enforcementLevel=levels[level])
+            for name, level in json.loads(config.read_text()).items()}), None)
+    mandatory = []
+    for r in rendered.resources:
+        props = struct_pb2.Struct()
+        props.update(check._plain(r.raw_inputs))
+        request = analyzer_pb2.AnalyzeRequest(type=r.type, properties=props, urn=r.urn, name=r.name,
+                                              options=analyzer_pb2.AnalyzerResourceOptions(protect=r.protect))
+        mandatory += [d.message for d in servicer.Analyze(request, None).diagnostics
+                      if d.enforcementLevel == analyzer_pb2.MANDATORY]
+    assert mandatory == []
