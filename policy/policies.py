@@ -602,8 +602,7 @@ def efs_transit_encryption(args: ResourceValidationArgs, report: ReportViolation
 
 
 def _world(cidrs: Any) -> list[str]:
-    return [str(c) for c in items(cidrs) if str(c) in WORLD] if is_list(cidrs) else (
-        [str(cidrs)] if str(cidrs) in WORLD else [])
+    return [str(c) for c in items(cidrs) if str(c) in WORLD]
 
 
 def _bad_ports(protocol: Any, from_port: Any, to_port: Any, allowed: Sequence[int]) -> str | None:
@@ -707,13 +706,7 @@ def single_writer(args: ResourceValidationArgs, report: ReportViolation) -> None
                 _violation(report, args, f"strategy {strategy} with state volume claim "
                            f"'{dig(pvcs[0], 'persistentVolumeClaim', 'claimName')}': a rollout runs two pods on "
                            "one volume", "set spec.strategy.type: Recreate (or use a StatefulSet)")
-        elif t == "kubernetes:apps/v1:StatefulSet":
-            policy = str(dig(props, "spec", "podManagementPolicy", default="OrderedReady"))
-            if replicas > 1 and policy == "Parallel":
-                pass  # already reported through replicas
-    elif t == DOCKER_CONTAINER and docker_agent(props):
-        # One container per state volume is a stack-wide fact; see one_workload_per_volume.
-        return
+    # Docker: one container per state volume is a stack-wide fact, see one_workload_per_volume.
 
 
 def modal_single_container(args: ResourceValidationArgs, report: ReportViolation) -> None:

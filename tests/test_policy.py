@@ -197,3 +197,34 @@ def test_rendered_stacks_pass_the_real_analyzer(stack: str) -> None:
         mandatory += [d.message for d in servicer.Analyze(request, None).diagnostics
                       if d.enforcementLevel == analyzer_pb2.MANDATORY]
     assert mandatory == []
+
+
+def test_pack_serves_over_grpc_like_pulumi_runs_it() -> None:
+    """Start `python __main__.py` in policy/ as the CLI does, then speak the analyzer protocol to it."""
+    import subprocess
+
+    import grpc
+    from google.protobuf import empty_pb2
+    from pulumi.runtime.proto import analyzer_pb2_grpc
+
+    proc = subprocess.Popen([sys.executable, "__main__.py"], cwd=POLICY_DIR, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(proc.stdout.readline())
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=30)
+            assert info.name == policies.PACK_NAME
+            assert {p.name: p.enforcementLevel for p in info.policies}["image-pinned"] == analyzer_pb2.ADVISORY
+            assert len(info.policies) == len(policies.POLICIES)
+            hand = next(f for f in FIXTURES if f.id == "hand-written-ssh-world")
+            props = struct_pb2.Struct()
+            props.update(hand.props)
+            response = stub.Analyze(analyzer_pb2.AnalyzeRequest(type=hand.type, properties=props, urn="urn:x::vm-sg",
+                                                                name="vm-sg"), timeout=30)
+            [diag] = response.diagnostics
+            assert diag.policyName == "no-world-open-ports" and diag.enforcementLevel == analyzer_pb2.MANDATORY
+            assert "port 22" in diag.message and "Fix:" in diag.message
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
