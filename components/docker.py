@@ -107,7 +107,9 @@ class AgentServer(pulumi.ComponentResource):
             # `pulumi up` waits for the healthcheck, so a broken rollout fails the update.
             wait=True,
             wait_timeout=contract.STARTUP_BUDGET_SECONDS + 60,
-            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
+            # The engine strips secretness from inputs before policies see them; declaring the
+            # env a secret output keeps it encrypted in state and tells the policy pack so.
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True, additional_secret_outputs=["envs"])),
         )
         self.register_outputs({"container": self.container.name, "volume": self.volume.name})
 

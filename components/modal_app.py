@@ -56,6 +56,9 @@ class AppSpec:
     max_inputs: int = 100
     tools_dir: str | None = None  # local dir holding canvas_ui_tool.py; None = no Canvas UI tool
     python_version: str = contract.IMAGE_PYTHON_VERSION
+    # Part of the spec (not only the decorator) so policies can see them in the resource's inputs.
+    port: int = contract.PORT
+    startup_timeout: int = contract.STARTUP_BUDGET_SECONDS
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -110,11 +113,9 @@ class AgentServer:
 
     process: subprocess.Popen | None = None
 
-    # Modal's default startup_timeout (5 s) is shorter than the server's measured start
-    # (6-11 s); the contract's budget also covers a large state volume.
-    @modal.web_server(port=contract.PORT, startup_timeout=contract.STARTUP_BUDGET_SECONDS)
     def serve(self) -> None:
         # Env: the image's (state paths inside the volume) plus the Modal Secret's keys.
+        # Decorated with @modal.web_server in build_app, from the spec.
         self.process = subprocess.Popen(contract.command(), cwd=contract.IMAGE_WORKDIR)
 
     @modal.exit()
@@ -129,6 +130,9 @@ class AgentServer:
                 self.process.kill()
 
 
+_RAW_SERVE = AgentServer.serve  # undecorated; build_app applies @modal.web_server from the spec
+
+
 def build_app(spec: AppSpec) -> modal.App:
     """The tenant's ``modal.App``: one class, its Secret, its Volume. Offline; Modal
     validates the arguments here (raises ``modal.exception.InvalidError``)."""
@@ -140,6 +144,10 @@ def build_app(spec: AppSpec) -> modal.App:
         path: modal.Volume.from_name(name, environment_name=spec.environment, create_if_missing=True)
         for path, name in spec.mounts.items()
     }
+    # Modal's default startup_timeout (5 s) is shorter than the server's measured start
+    # (6-11 s); the contract's budget also covers a large state volume. The container
+    # imports this module and runs build_app too, so it sees the same decorator.
+    AgentServer.serve = modal.web_server(port=spec.port, startup_timeout=spec.startup_timeout)(_RAW_SERVE)
     cls = modal.concurrent(max_inputs=spec.max_inputs)(AgentServer)
     app.cls(
         image=build_image(spec),
