@@ -268,8 +268,8 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
     )
     exports = {"caddyfile": host.proxy.caddyfile}
     if settings.tls_mode == "internal":
-        exports["caCertificate"] = (
-            "Caddy's local root: docker cp "
+        exports["localCaRoot"] = (
+            "Caddy's internal root CA, to trust once: docker cp "
             f"openhands-{pulumi.get_stack()}-proxy:{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt ."
         )
     return Deployment(resource=host, urls=host.urls, exports=exports)

@@ -49,6 +49,12 @@ def run() -> dict[str, Any]:
         "model": cfg.model,
         "url": dict(deployment.urls),
         "apiKey": pulumi.Output.secret({t: k.api_key for t, k in keys.items()}),
+        # The keys that decrypt secrets stored on each tenant's volume (current first). Kept
+        # volumes outlive `pulumi destroy`, the generated keys do not: save these first to
+        # re-attach a volume later through tenantKeys.
+        "secretKeys": pulumi.Output.secret(
+            {t: k.values.apply(lambda v: [v.secret_key, *v.previous_secret_keys]) for t, k in keys.items()}
+        ),
         "image": deployment.image if deployment.image is not None else cfg.image,
         "contractVersion": contract.CONTRACT_VERSION,
         **promoted.exports,

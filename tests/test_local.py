@@ -47,6 +47,7 @@ def test_keys_are_never_plain(three: Rendered):
         for key in keys.values():
             assert key not in text, f"{res.type} {res.name} carries a key in plain inputs"
     assert "apiKey" in three.secret_outputs
+    assert "secretKeys" in three.secret_outputs
     assert "url" not in three.secret_outputs
 
 
@@ -111,6 +112,13 @@ def test_local_program_imports_no_cloud_sdk():
     ).stdout.strip().split(",")
     assert "pulumi_docker" in out
     assert "pulumi_aws" not in out and "pulumi_kubernetes" not in out and "modal" not in out
+
+
+def test_secret_keys_export_matches_what_the_server_gets(three: Rendered):
+    # What a user saves before `destroy` must be exactly what decrypts the volume.
+    for c in agent_containers(three):
+        tenant = c.inputs["name"].rsplit("-", 1)[-1]
+        assert three.outputs["secretKeys"][tenant] == [env_of(c)["OH_SECRET_KEY"]]
 
 
 def test_rotation_keeps_the_previous_keys():
