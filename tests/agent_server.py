@@ -43,21 +43,27 @@ def find_python312() -> str:
     return "3.12"  # let uv find or install one
 
 
-def ensure_agent_server() -> Path:
-    """Path to the ``agent-server`` console script, building its venv if needed."""
-    venv = venv_dir()
-    exe = venv / "bin" / "agent-server"
+def ensure_tool_venv(venv: Path, spec: str, script: str) -> Path:
+    """Path to ``script`` in a separate virtualenv holding ``spec``, built with uv if missing.
+
+    Tools with their own Python needs (the agent server wants >= 3.12, checkov pins
+    packages Pulumi cannot share) live apart from the project's environment."""
+    exe = venv / "bin" / script
     if exe.exists():
         return exe
     uv = shutil.which("uv")
     if uv is None:
-        raise RuntimeError("uv is needed to build the agent-server virtualenv (pip install uv)")
+        raise RuntimeError(f"uv is needed to build {venv} (pip install uv)")
     subprocess.run([uv, "venv", "-q", "-p", find_python312(), str(venv)], check=True)
     subprocess.run(
-        [uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(venv / "bin" / "python"), AGENT_SERVER_SPEC],
-        check=True,
+        [uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(venv / "bin" / "python"), spec], check=True
     )
     return exe
+
+
+def ensure_agent_server() -> Path:
+    """Path to the ``agent-server`` console script, building its venv if needed."""
+    return ensure_tool_venv(venv_dir(), AGENT_SERVER_SPEC, "agent-server")
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from tests.agent_server import find_python312
+from tests.agent_server import ensure_tool_venv
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKOV_SPEC = "checkov==3.3.30"
@@ -31,16 +30,7 @@ def venv_dir() -> Path:
 
 def ensure_checkov() -> Path:
     """Path to the ``checkov`` script, building its venv if needed."""
-    venv = venv_dir()
-    exe = venv / "bin" / "checkov"
-    if exe.exists():
-        return exe
-    uv = shutil.which("uv")
-    if uv is None:
-        raise RuntimeError("uv is needed to build the checkov virtualenv (pip install uv)")
-    subprocess.run([uv, "venv", "-q", "-p", find_python312(), str(venv)], check=True)
-    subprocess.run([uv, "pip", "install", "-q", "-p", str(venv / "bin" / "python"), CHECKOV_SPEC], check=True)
-    return exe
+    return ensure_tool_venv(venv_dir(), CHECKOV_SPEC, "checkov")
 
 
 def skips() -> dict[str, str]:
