@@ -1,4 +1,4 @@
-"""Command line: ``python -m components <command>`` (or the ``openhands-deploy`` script).
+"""Command line: ``python -m components <command>``.
 
 Commands are imported lazily so each one loads only what it needs.
 """

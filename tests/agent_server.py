@@ -34,9 +34,10 @@ def venv_dir() -> Path:
 def find_python312() -> str:
     """A CPython >= 3.12 interpreter: $OH_AGENT_SERVER_PYTHON, PATH, pyenv, then uv's."""
     candidates = [os.environ.get("OH_AGENT_SERVER_PYTHON", "")]
-    candidates += [shutil.which(n) or "" for n in ("python3.13", "python3.12")]
+    # 3.12 first: the version the agent-server facts were measured on.
+    candidates += [shutil.which(n) or "" for n in ("python3.12", "python3.13")]
     pyenv_root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv"))
-    candidates += sorted((str(p) for p in pyenv_root.glob("versions/3.1[2-9]*/bin/python")), reverse=True)
+    candidates += sorted(str(p) for p in pyenv_root.glob("versions/3.1[2-9]*/bin/python"))
     for c in candidates:
         if c and Path(c).exists():
             return c
