@@ -385,9 +385,9 @@ def test_only_the_alb_is_open_to_the_world_and_only_on_80_443(rendered: Rendered
     assert tasks_in["referencedSecurityGroupId"] == "ecs-sg-alb-id" and as_int(tasks_in["fromPort"]) == contract.PORT
     efs_in = by_name["ecs-sg-efs-in-tasks"]
     assert efs_in["referencedSecurityGroupId"] == "ecs-sg-tasks-id" and as_int(efs_in["fromPort"]) == 2049
-    assert [n for n in by_name if n.startswith(("ecs-sg-tasks", "ecs-sg-efs"))] == [
+    assert sorted(n for n in by_name if n.startswith(("ecs-sg-tasks", "ecs-sg-efs"))) == sorted([
         "ecs-sg-tasks-in-alb", "ecs-sg-efs-in-tasks"
-    ]
+    ])
     alb_out = {r.name: r.inputs for r in rendered.of_type(T_EGRESS)}["ecs-sg-alb-out-tasks"]
     assert alb_out["referencedSecurityGroupId"] == "ecs-sg-tasks-id" and as_int(alb_out["toPort"]) == contract.PORT
 

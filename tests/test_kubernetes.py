@@ -455,7 +455,17 @@ def test_server_runs_on_a_read_only_root_with_the_rendered_scratch_dirs(one: Ren
     exe = agent_server.ensure_agent_server()
     script = "set -e; mount --make-rprivate /; "
     script += "".join(f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(d))}; " for d in (data, home))
-    script += "mount -t tmpfs -o size=1g,mode=1777 scratch /tmp; mount -o remount,bind,ro /; cd /; "
+    venv = agent_server.venv_dir().resolve()
+    keep = [venv] if venv.is_relative_to("/tmp") else []  # e.g. a CI clone under /tmp
+    for i, path in enumerate(keep):  # carry it through the fresh /tmp at the same path
+        stage = workdir / f"keep{i}"
+        stage.mkdir()
+        script += f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(stage))}; "
+    script += "mount -t tmpfs -o size=1g,mode=1777 scratch /tmp; "
+    for i, path in enumerate(keep):
+        q = shlex.quote(str(path))
+        script += f"mkdir -p {q}; mount --bind {shlex.quote(str(workdir / f'keep{i}'))} {q}; "
+    script += "mount -o remount,bind,ro /; cd /; "
     script += "exec " + " ".join(shlex.quote(a) for a in [str(exe), *agent_server.local_args(c["args"], port)])
     log = workdir / "server.log"
     with open(log, "wb") as out:
