@@ -394,3 +394,16 @@ last_resources: list[Resource] = []
 
 def imported_sdks() -> list[str]:
     return [m for m in PROVIDER_SDKS if m in sys.modules]
+
+
+def imported_sdks_for(stack: str) -> list[str]:
+    """The provider SDKs a fresh interpreter loads to render ``stack``.
+
+    A subprocess, because this process may already hold SDKs other renders imported."""
+    import subprocess
+
+    code = f"from components.render import render, imported_sdks; render({stack!r}); print(','.join(imported_sdks()))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"rendering {stack} failed:\n{proc.stderr[-2000:]}")
+    return proc.stdout.strip().splitlines()[-1].split(",")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import subprocess
-import sys
 from typing import Any
 
 import botocore.session
@@ -472,14 +471,7 @@ def test_every_fargate_size_in_the_table_renders() -> None:
 
 
 def test_ecs_stack_imports_no_kubernetes_or_docker_sdk() -> None:
-    code = (
-        "from components import render; r = render.render('ecs'); "
-        "import sys; print(','.join(render.imported_sdks()))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], cwd=render.ROOT, capture_output=True, text=True, timeout=120, check=True
-    )
-    sdks = out.stdout.strip().splitlines()[-1].split(",")
+    sdks = render.imported_sdks_for("ecs")
     assert "pulumi_aws" in sdks
     assert "pulumi_kubernetes" not in sdks and "pulumi_docker" not in sdks
 

@@ -12,7 +12,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ import pytest
 from components import contract
 from components.config import ConfigError
 from components.kubernetes import SUPPORTED_K8S_VERSIONS
-from components.render import ROOT, Rendered, render
+from components.render import Rendered, imported_sdks_for, render
 from tests import checkov_runner
 
 STACK = "k8s"
@@ -397,15 +396,7 @@ def test_bad_config_is_a_config_error_with_nothing_registered(case: str, monkeyp
 
 
 def test_k8s_program_imports_no_aws_sdk() -> None:
-    code = (
-        "import json\n"
-        "from components.render import render, imported_sdks\n"
-        "render('k8s')\n"
-        "print(json.dumps(imported_sdks()))\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    sdks = json.loads(out.stdout.strip().splitlines()[-1])
+    sdks = imported_sdks_for(STACK)
     assert "pulumi_kubernetes" in sdks and "pulumi_aws" not in sdks, sdks
 
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 
 import pytest
 
 from components import contract
-from components.render import Rendered, render
-from tests.agent_server import ROOT, free_port
+from components.render import Rendered, imported_sdks_for, render
+from tests.agent_server import free_port
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
@@ -103,13 +102,7 @@ def test_image_pinned_and_exported(local: Rendered):
 
 
 def test_local_program_imports_no_cloud_sdk():
-    code = (
-        "from components.render import render, imported_sdks; render('local'); "
-        "import sys; print(','.join(imported_sdks()))"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    ).stdout.strip().split(",")
+    out = imported_sdks_for("local")
     assert "pulumi_docker" in out
     assert "pulumi_aws" not in out and "pulumi_kubernetes" not in out and "modal" not in out
 

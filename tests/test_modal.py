@@ -26,7 +26,7 @@ from components import render as r
 from components.config import ConfigError
 from components.modal_app import AgentServer, AppSpec, build_app, image_env
 from components.modal_deploy import ModalAppProvider, ModalClient
-from components.render import Rendered, render
+from components.render import Rendered, imported_sdks_for, render
 from tests.agent_server import ROOT
 
 APP = "pulumi-python:dynamic/modal:App"
@@ -116,12 +116,7 @@ def test_keys_only_as_secrets(three: Rendered):
 
 
 def test_modal_program_imports_neither_aws_nor_kubernetes():
-    code = (
-        "from components.render import render, imported_sdks; render('modal'); "
-        "import sys; print(','.join(imported_sdks()))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
-    sdks = out.stdout.strip().split(",")
+    sdks = imported_sdks_for("modal")
     assert "modal" in sdks
     assert "pulumi_aws" not in sdks and "pulumi_kubernetes" not in sdks and "pulumi_docker" not in sdks
 

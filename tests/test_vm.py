@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ import yaml
 from components import caddy, cloud_init, contract
 from components import render as render_mod
 from components.config import ConfigError, VmSettings
-from components.render import Rendered, render
+from components.render import Rendered, imported_sdks_for, render
 from components.vm import ami_filter, sslip_host
-from tests.agent_server import ROOT, free_port
+from tests.agent_server import free_port
 
 CONTAINER = "docker:index/container:Container"
 INSTANCE = "aws:ec2/instance:Instance"
@@ -483,9 +482,6 @@ def test_real_agent_server_behind_real_caddy_with_the_vm_render(start_agent_serv
 
 
 def test_vm_program_imports_no_kubernetes_sdk():
-    code = ("from components.render import render, imported_sdks; render('vm'); "
-            "import sys; print(','.join(imported_sdks()))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=ROOT).stdout.strip().split(",")
+    out = imported_sdks_for("vm")
     assert {"pulumi_aws", "pulumi_docker", "pulumi_command", "pulumi_tls"} <= set(out)
     assert "pulumi_kubernetes" not in out and "modal" not in out
