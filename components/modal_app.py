@@ -11,9 +11,15 @@ generated. Two ways in:
 
 Modal imports this module again inside the container, where the image has neither
 pulumi nor pydantic: keep the imports to modal, the standard library and the contract.
-The class is defined at module level and only *decorated* inside ``build_app``, so the
-container finds it by name (Modal's "undecorated class" path) and no pickling across
-Python versions (3.12 here, 3.13 in the image) is involved.
+The class is defined at module level and decorated by ``@app.cls`` only inside
+``build_app``, so the container finds it by name (Modal's "undecorated class" path) and
+no pickling across Python versions (3.12 here, 3.13 in the image) is involved.
+
+The container never runs ``build_app``: it imports this module fresh, looks the class up
+by name and asks it for its web methods (``_find_partial_methods_for_user_cls``), whose
+``webhook_config`` (port, startup timeout) it then uses. So ``serve`` is decorated with
+``@modal.web_server`` at import time, from ``WEB_PORT_ENV`` / ``STARTUP_TIMEOUT_ENV``,
+which the image's env carries (``image_env``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -29,6 +36,10 @@ import modal
 from components import contract
 
 SPEC_ENV = "OPENHANDS_MODAL_SPEC"
+# The web server's parameters, in the image's env: the container rebuilds ``serve``'s
+# decorator from them on import (it never sees SPEC_ENV).
+WEB_PORT_ENV = "OPENHANDS_MODAL_WEB_PORT"
+STARTUP_TIMEOUT_ENV = "OPENHANDS_MODAL_STARTUP_TIMEOUT"
 CLASS_NAME = "AgentServer"
 WEB_METHOD = "serve"
 # The Agent Canvas UI tool module the client asks the server to import (tool_module_qualnames).
@@ -89,7 +100,9 @@ class AppSpec:
 
 def image_env(spec: AppSpec) -> dict[str, str]:
     """The plain env the image gives the container; the Modal Secret adds the keys."""
-    extra = {contract.EXTRA_PYTHON_PATH_ENV: contract.TOOLS_DIR} if spec.tools_dir else {}
+    extra = {WEB_PORT_ENV: str(spec.port), STARTUP_TIMEOUT_ENV: str(spec.startup_timeout)}
+    if spec.tools_dir:
+        extra[contract.EXTRA_PYTHON_PATH_ENV] = contract.TOOLS_DIR
     return contract.container_env(extra)
 
 
@@ -115,7 +128,7 @@ class AgentServer:
 
     def serve(self) -> None:
         # Env: the image's (state paths inside the volume) plus the Modal Secret's keys.
-        # Decorated with @modal.web_server in build_app, from the spec.
+        # Decorated with @modal.web_server below, at import time (see the module doc).
         self.process = subprocess.Popen(contract.command(), cwd=contract.IMAGE_WORKDIR)
 
     @modal.exit()
@@ -130,7 +143,24 @@ class AgentServer:
                 self.process.kill()
 
 
-_RAW_SERVE = AgentServer.serve  # undecorated; build_app applies @modal.web_server from the spec
+_RAW_SERVE = AgentServer.serve  # undecorated
+
+
+def _web_server_params(environ: Mapping[str, str]) -> tuple[int, int]:
+    """(port, startup_timeout) from the image's env; the contract's values elsewhere."""
+    port = int(environ.get(WEB_PORT_ENV) or contract.PORT)
+    startup_timeout = int(environ.get(STARTUP_TIMEOUT_ENV) or contract.STARTUP_BUDGET_SECONDS)
+    return port, startup_timeout
+
+
+def _decorate_serve(port: int, startup_timeout: int) -> None:
+    # Modal's default startup_timeout (5 s) is shorter than the server's measured start
+    # (6-11 s); the contract's budget also covers a large state volume.
+    AgentServer.serve = modal.web_server(port=port, startup_timeout=startup_timeout)(_RAW_SERVE)
+
+
+# At import, so the container (a fresh import, the image's env) finds ``serve`` as a web server.
+_decorate_serve(*_web_server_params(os.environ))
 
 
 def build_app(spec: AppSpec) -> modal.App:
@@ -144,10 +174,9 @@ def build_app(spec: AppSpec) -> modal.App:
         path: modal.Volume.from_name(name, environment_name=spec.environment, create_if_missing=True)
         for path, name in spec.mounts.items()
     }
-    # Modal's default startup_timeout (5 s) is shorter than the server's measured start
-    # (6-11 s); the contract's budget also covers a large state volume. The container
-    # imports this module and runs build_app too, so it sees the same decorator.
-    AgentServer.serve = modal.web_server(port=spec.port, startup_timeout=spec.startup_timeout)(_RAW_SERVE)
+    # The deploying process registers the spec's values; the container gets the same ones
+    # from image_env at import time.
+    _decorate_serve(spec.port, spec.startup_timeout)
     cls = modal.concurrent(max_inputs=spec.max_inputs)(AgentServer)
     app.cls(
         image=build_image(spec),

@@ -24,7 +24,14 @@ from pulumi.runtime import rpc
 from components import contract
 from components import render as r
 from components.config import ConfigError
-from components.modal_app import AgentServer, AppSpec, build_app, image_env
+from components.modal_app import (
+    STARTUP_TIMEOUT_ENV,
+    WEB_PORT_ENV,
+    AgentServer,
+    AppSpec,
+    build_app,
+    image_env,
+)
 from components.modal_deploy import ModalAppProvider, ModalClient
 from components.render import Rendered, imported_sdks_for, render
 from tests.agent_server import ROOT
@@ -190,7 +197,9 @@ def test_app_built_with_the_real_modal_library(modal_stack: Rendered, monkeypatc
     assert entry.calls[0][0][-1] == []  # the image's tini entrypoint is cleared
     (env_args, _), = env_spy.calls
     env = env_args[-1]
-    assert env == contract.container_env()
+    assert env == contract.container_env(
+        {WEB_PORT_ENV: str(contract.PORT), STARTUP_TIMEOUT_ENV: str(contract.STARTUP_BUDGET_SECONDS)}
+    )
 
     # What Modal itself recorded for the class's service function.
     info = synchronizer._translate_in(app)._local_state.functions["AgentServer.*"]._function_info
@@ -243,6 +252,53 @@ def test_module_level_app_for_modal_deploy(modal_stack: Rendered):
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                              env={"PATH": "/usr/bin:/bin"})
     assert missing.returncode != 0 and "OPENHANDS_MODAL_SPEC is not set" in missing.stderr
+
+
+# What Modal's container does with our module: import it fresh by the name the deploy
+# recorded, take the class by name, and ask it for its methods (modal 1.6.4,
+# _runtime/user_code_imports.py: _get_cls_or_user_cls, then _Cls._get_partial_functions).
+CONTAINER_DISCOVERY = """
+import json, sys
+from modal._partial_function import _find_partial_methods_for_user_cls, _PartialFunctionFlags
+from modal._runtime.user_code_imports import _get_cls_or_user_cls
+from modal_proto import api_pb2
+
+fdef = api_pb2.Function(module_name=sys.argv[1], implementation_name=sys.argv[2],
+                        definition_type=api_pb2.Function.DEFINITION_TYPE_FILE)
+cls = _get_cls_or_user_cls(fdef, None)
+found = {}
+for name, pf in _find_partial_methods_for_user_cls(cls, _PartialFunctionFlags.all()).items():
+    web = pf.params.webhook_config
+    found[name] = {
+        "web": bool(pf.flags & _PartialFunctionFlags.WEB_INTERFACE),
+        "web_server": bool(web) and web.type == api_pb2.WEBHOOK_TYPE_WEB_SERVER,
+        "port": web.web_server_port if web else None,
+        "startup_timeout": web.web_server_startup_timeout if web else None,
+    }
+print(json.dumps(found))
+"""
+
+
+def test_container_discovers_serve_as_a_web_server(modal_stack: Rendered):
+    """A fresh process with only the image's env finds ``serve`` as Modal's web server,
+    with the spec's port and startup timeout (not only the deploying process)."""
+    # A startup timeout other than the default shows the value travels through the image.
+    spec = AppSpec.from_dict({**spec_of(modal_stack).to_dict(), "startup_timeout": 240})
+    app = build_app(spec)
+    # What the deploy records for the container: where to import the class from.
+    info = synchronizer._translate_in(app)._local_state.functions["AgentServer.*"]._source_info
+    assert info.is_serialized() is False  # the container finds the class by name, not unpickled
+    env = image_env(spec)
+    assert "OPENHANDS_MODAL_SPEC" not in env
+    proc = subprocess.run(
+        [sys.executable, "-c", CONTAINER_DISCOVERY, info.module_name, info.implementation_name],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(found) == {"serve", "stop"}
+    assert found["serve"] == {"web": True, "web_server": True, "port": contract.PORT, "startup_timeout": 240}
+    assert found["stop"]["web"] is False
 
 
 # ------------------------------------------------------------------ the provider
