@@ -13,11 +13,18 @@ adds a new generation without touching the old one:
 
 Every model derives its workload from ``TenantKeys.env``, so a rotation changes the
 workload's secret (and its checksum) and the workload restarts with the new keys.
+
+The checksum is stamped in plain sight (a Docker label, a pod annotation, an ECS
+dockerLabel), so it must not reveal the keys: it is an HMAC-SHA256 of the key env under
+a per-tenant random salt (``<tenant>-keys-salt``, a secret in the state). It changes
+whenever the keys do, is stable otherwise, and without the salt a short supplied key
+cannot be brute-forced from it (a plain sha256 of the env could be).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 
 import pulumi
@@ -27,6 +34,12 @@ from components import contract
 from components.config import StackConfig, SuppliedKeys
 
 KEY_LENGTH = 48
+SALT_LENGTH = 48
+
+
+def keys_checksum(salt: str, env: dict[str, str]) -> str:
+    """The rollout trigger: HMAC-SHA256 of the key env, keyed by the tenant's secret salt."""
+    return hmac.new(salt.encode(), json.dumps(env, sort_keys=True).encode(), hashlib.sha256).hexdigest()
 
 
 class TenantKeys(pulumi.ComponentResource):
@@ -36,6 +49,7 @@ class TenantKeys(pulumi.ComponentResource):
     env: pulumi.Output[dict[str, str]]
     checksum: pulumi.Output[str]
     env_names: list[str]
+    salt: random.RandomPassword
 
     def __init__(
         self,
@@ -87,9 +101,12 @@ class TenantKeys(pulumi.ComponentResource):
         self.values = values
         self.env = pulumi.Output.secret(values.apply(contract.secret_env))
         self.api_key = pulumi.Output.secret(values.apply(lambda v: v.session_keys[0]))
-        # Not secret: a one-way digest, stamped on workloads so a key change rolls them.
+        # One salt per tenant for its lifetime (not per rotation), so the checksum moves only
+        # with the keys. RandomPassword keeps its result secret in the state.
+        self.salt = random.RandomPassword(f"{tenant}-keys-salt", length=SALT_LENGTH, special=False, opts=child)
+        # Not secret: an HMAC under the secret salt, stamped on workloads so a key change rolls them.
         self.checksum = pulumi.Output.unsecret(
-            self.env.apply(lambda e: hashlib.sha256(json.dumps(e, sort_keys=True).encode()).hexdigest())
+            pulumi.Output.all(self.salt.result, self.env).apply(lambda v: keys_checksum(v[0], v[1]))
         )
         self.register_outputs({"apiKey": self.api_key, "checksum": self.checksum})
 
