@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pulumi
 import yaml
 
 from components import render as harness
@@ -150,6 +151,7 @@ class Report:
     validators: dict[str, str] = field(default_factory=dict)
     violations: list[Violation] = field(default_factory=list)
     validator_results: list[ValidatorResult] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # the program's pulumi.log.warn messages
 
     @property
     def mandatory(self) -> list[Violation]:
@@ -184,6 +186,7 @@ class Report:
             "shared": self.shared,
             "policies": self.policies,
             "validators": self.validators,
+            "warnings": self.warnings,
         }
 
 
@@ -544,6 +547,8 @@ def format_text(report: Report) -> str:
         out.append(f"validator {name}: {note}")
     if not report.validators:
         out.append("validators: nothing to validate in this stack")
+    for message in report.warnings:
+        out.append(f"warning: {message}")
     verdict = "PASS" if report.ok else "FAIL"
     out.append(f"result: {verdict} ({len(report.mandatory)} mandatory, {len(report.advisory)} advisory, "
                f"{len(report.validator_errors)} validator errors)")
@@ -571,22 +576,35 @@ def _program(spec: str | None) -> Iterator[None]:
         program.run = original
 
 
-def _promoted_from(stack: str) -> dict[str, dict[str, Any]]:
+def _promoted_from(stack: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
     """Stand-in outputs for a stack that promotes from another (prod reads dev's image)."""
     try:
         from components.promotion import assumed_stack_outputs
     except ImportError:
         return {}
-    return assumed_stack_outputs(stack)
+    if path is None:
+        return assumed_stack_outputs(stack)
+    # A stack file given by path: assume its source runs the contract's default image.
+    from components import contract
+
+    promo = harness.load_stack_config(stack, path).get(f"{NAMESPACE}:promotion")
+    if not isinstance(promo, dict) or not promo.get("fromStack"):
+        return {}
+    return {str(promo["fromStack"]): {"image": contract.DEFAULT_IMAGE, "contractVersion": contract.CONTRACT_VERSION}}
 
 
 def _parse_set(values: Sequence[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; values are YAML, read as strictly as stack files. ConfigError names the key."""
     out: dict[str, Any] = {}
     for item in values:
         key, sep, value = item.partition("=")
+        key = key.strip()
         if not sep or not key:
-            raise ValueError(f"--set wants key=value, got {item!r}")
-        out[key] = yaml.safe_load(value) if value else None
+            raise ConfigError(f"--set wants key=value (a YAML value, empty to remove the key), got {item!r}")
+        try:
+            out[key] = yaml.load(value, Loader=harness.StackLoader) if value else None  # noqa: S506 - safe loader
+        except yaml.YAMLError as exc:
+            raise ConfigError(harness.yaml_error(exc, f"--set {key}={value}")) from None
     return out
 
 
@@ -600,6 +618,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override config, e.g. tenants='[a,b]' or ecs.domain=example.org (YAML values)")
     parser.add_argument("--no-validators", action="store_true", help="run only the policy pack")
+    parser.add_argument("--stack-file", type=Path, metavar="PATH",
+                        help="read the stack's config from PATH instead of stacks/Pulumi.<stack>.yaml")
     parser.add_argument("--program", help=argparse.SUPPRESS)  # tests: render module:function instead
     opts = parser.parse_args(list(argv or []))
 
@@ -608,11 +628,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_path = opts.policy_config or default_config_file(opts.stack)
         names = [p.name for p in load_policies().POLICIES]
         config = read_policy_config(config_path, names)
+        outputs = _promoted_from(opts.stack, opts.stack_file)
         with _program(opts.program):
-            rendered = harness.render(opts.stack, overrides=overrides, stack_outputs=_promoted_from(opts.stack))
-    except (ConfigError, ValueError, FileNotFoundError) as exc:
+            rendered = harness.render(opts.stack, overrides=overrides, stack_outputs=outputs,
+                                      stack_path=opts.stack_file)
+    except (pulumi.RunError, ValueError, FileNotFoundError) as exc:
+        # Config errors (ConfigError is a RunError) and promotion errors: one message, no traceback.
         print(f"check: {exc}", file=sys.stderr)
         return 2
     report = build_report(opts.stack, rendered, config_path, config, validators=not opts.no_validators)
+    report.warnings = list(rendered.warnings)
     print(json.dumps(report.to_json(), indent=2, default=str) if opts.json else format_text(report))
     return 0 if report.ok else 1

@@ -50,6 +50,27 @@ _IMAGE_RE = re.compile(
     r"(?::[\w][\w.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
 )
 
+# Every ``pattern=`` constraint in these models is registered here with words and an example:
+# pydantic's own message ("String should match pattern '^...$'") would show the user a regex.
+# tests/test_config_errors.py walks the models and fails on a pattern missing from this table.
+PATTERN_WORDS: dict[str, tuple[str, str]] = {}
+
+
+def _pattern(regex: str, words: str, example: str) -> str:
+    PATTERN_WORDS[regex] = (words, example)
+    return regex
+
+
+_VPC_ID = _pattern(r"^vpc-[0-9a-f]{8,17}$", "a VPC id: 'vpc-' and 8 or 17 hex digits", "vpc-0123456789abcdef0")
+_SUBNET_ID = _pattern(
+    r"^subnet-[0-9a-f]{8,17}$", "a subnet id: 'subnet-' and 8 or 17 hex digits", "subnet-0123456789abcdef0"
+)
+_HOSTED_ZONE_ID = _pattern(
+    r"^Z[0-9A-Z]{1,32}$",
+    "a Route 53 hosted zone id: 'Z' and up to 32 uppercase letters or digits, without '/hostedzone/'",
+    "Z0123456789ABCDEFGHIJ",
+)
+
 
 def _tenant(value: str) -> str:
     if not _TENANT_RE.match(value):
@@ -75,6 +96,36 @@ def _image(value: str) -> str:
     return value
 
 
+def image_parts(ref: str) -> tuple[str | None, str, str | None, str | None]:
+    """(registry, repository, tag, digest) of an image reference; registry None when it names none.
+
+    Docker's rule: the first path component is a registry when it has a '.' or ':' or is 'localhost'."""
+    name, _, digest = ref.partition("@")
+    tag = None
+    slash = name.rfind("/")
+    if ":" in name[slash + 1 :]:
+        name, tag = name.rsplit(":", 1)
+    first, sep, rest = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first, rest, tag, digest or None
+    return None, name, tag, digest or None
+
+
+def image_issues(ref: str) -> tuple[str | None, str | None]:
+    """(why it is not pinned, why it names no registry); each None when fine."""
+    registry, repo, tag, digest = image_parts(ref)
+    unpinned = None
+    if digest is None and tag is None:
+        unpinned = "has no tag, so it means ':latest', which moves"
+    elif digest is None and tag == "latest":
+        unpinned = "uses the moving tag 'latest'"
+    bare = None
+    if registry is None:
+        full = f"docker.io/{repo if '/' in repo else 'library/' + repo}"
+        bare = f"names no registry, so it silently means Docker Hub ({full}); write the registry out"
+    return unpinned, bare
+
+
 def _cidr(value: str) -> str:
     try:
         return str(ipaddress.ip_network(value, strict=True))
@@ -82,9 +133,29 @@ def _cidr(value: str) -> str:
         raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
 
 
-def _not_blank(value: SecretStr) -> SecretStr:
-    if not value.get_secret_value().strip():
-        raise ValueError("must not be empty or whitespace (an empty session key disables authentication)")
+def _not_blank(reason: str) -> Any:
+    """A validator refusing an empty or whitespace secret, with the reason that matters for this value."""
+
+    def check(value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError(f"must not be empty or whitespace ({reason})")
+        return value
+
+    return AfterValidator(check)
+
+
+# Supplied keys shorter than this are refused: a short key can be guessed or brute-forced
+# (the generated ones have 48 characters).
+MIN_KEY_LENGTH = 32
+
+
+def _strong_key(value: SecretStr) -> SecretStr:
+    n = len(value.get_secret_value().strip())
+    if n < MIN_KEY_LENGTH:
+        raise ValueError(
+            f"is {n} characters; a supplied key needs at least {MIN_KEY_LENGTH} (a shorter one can be "
+            "brute-forced); generate one with `openssl rand -hex 32`"
+        )
     return value
 
 
@@ -92,7 +163,18 @@ TenantName = Annotated[str, AfterValidator(_tenant)]
 Domain = Annotated[str, AfterValidator(_domain)]
 ImageRef = Annotated[str, AfterValidator(_image)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
-Secret = Annotated[SecretStr, AfterValidator(_not_blank)]
+# A supplied session or secret key: never empty, never short.
+SuppliedKey = Annotated[
+    SecretStr, _not_blank("an empty key disables authentication or encryption"), AfterValidator(_strong_key)
+]
+KubeconfigSecret = Annotated[
+    SecretStr,
+    _not_blank("remove the key to use the ambient kubeconfig: KUBECONFIG or ~/.kube/config"),
+]
+ModalToken = Annotated[
+    SecretStr,
+    _not_blank("remove tokenId and tokenSecret to use MODAL_TOKEN_ID/MODAL_TOKEN_SECRET or ~/.modal.toml"),
+]
 WORLD = ("0.0.0.0/0", "::/0")
 
 
@@ -102,6 +184,23 @@ class Settings(BaseModel):
     model_config = ConfigDict(
         extra="forbid", alias_generator=to_camel, populate_by_name=True, frozen=True, hide_input_in_errors=True
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _bools_are_bools(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic would read true as 1 for a number, and 1 or "yes" as true for a switch; in a
+        # stack file either is a mistake, so only true/false are switches and never numbers.
+        if value is None or not info.field_name:
+            return value
+        import typing
+
+        annotation = cls.model_fields[info.field_name].annotation
+        kinds = set(typing.get_args(annotation)) | {annotation}
+        if isinstance(value, bool) and kinds & {int, float} and bool not in kinds:
+            raise ValueError(f"is {str(value).lower()} (a boolean); expected a number")
+        if not isinstance(value, bool) and bool in kinds and kinds <= {bool, type(None), annotation}:
+            raise ValueError(f"is {value!r}; expected true or false")
+        return value
 
 
 # --------------------------------------------------------------------------- shared
@@ -123,10 +222,10 @@ class Keys(Settings):
 class SuppliedKeys(Settings):
     """Keys given as secret config instead of generated ones."""
 
-    session_api_key: Secret
-    secret_key: Secret
-    previous_session_api_key: Secret | None = None
-    previous_secret_keys: list[Secret] = []
+    session_api_key: SuppliedKey
+    secret_key: SuppliedKey
+    previous_session_api_key: SuppliedKey | None = None
+    previous_secret_keys: list[SuppliedKey] = []
 
 
 # --------------------------------------------------------------------------- docker
@@ -139,28 +238,139 @@ _GRAVITON_RE = re.compile(r"^[a-z]+\d+[a-z-]*g[a-z-]*\.")
 _MIN_ADMIN_PREFIX = {4: 8, 6: 32}
 
 
+# Families whose instances this stack cannot launch as it stands.
+_UNSUPPORTED_FAMILIES = {
+    "mac": "Mac instances run only on a Dedicated Host, which this stack does not allocate",
+}
+
+
+def instance_type_problem(value: str) -> str | None:
+    """Why ``value`` is not an EC2 instance type this stack can use, or None."""
+    from components.ec2_types import BOTOCORE_VERSION, INSTANCE_TYPES
+
+    family, _, size = value.partition(".")
+    for prefix, why in _UNSUPPORTED_FAMILIES.items():
+        if family.startswith(prefix):
+            return f"{value!r}: {why}; choose e.g. t3.large, m7i.large or t4g.large (Graviton)"
+    if family not in INSTANCE_TYPES:
+        near = difflib.get_close_matches(family, INSTANCE_TYPES, n=3)
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        return (
+            f"{value!r}: unknown instance family {family!r}; {hint}families are those EC2 lists "
+            f"(as of botocore {BOTOCORE_VERSION}), e.g. t3, t3a, t4g, m7i, m7g, c7i, r7i"
+        )
+    sizes = INSTANCE_TYPES[family].split()
+    if size not in sizes:
+        return f"{value!r}: {family} has no size {size!r}; its sizes are {', '.join(sizes)}"
+    return None
+
+
+# EBS limits by volume type (CreateVolume in botocore's EC2 model): size in GiB, IOPS, IOPS per GiB.
+EBS_SIZE = {"gp2": (1, 16384), "gp3": (1, 65536), "io2": (4, 65536), "st1": (125, 16384)}
+EBS_IOPS = {"gp3": (3000, 80000, 500), "io2": (100, 256000, 1000)}
+
+
+def ebs_size_problem(kind: str, size: int) -> str | None:
+    """Why AWS would refuse an EBS volume of this type and size (GiB), or None."""
+    low, high = EBS_SIZE[kind]
+    if not low <= size <= high:
+        why = " (st1 is a throughput HDD volume)" if kind == "st1" else ""
+        return f"{kind} needs dataVolumeSize {low}-{high} GiB{why}, got {size} (an AWS EBS rule)"
+    return None
+
+
+def ebs_iops_problem(kind: str, size: int, iops: int | None) -> str | None:
+    """Why AWS would refuse these IOPS for an EBS volume of this type and size, or None."""
+    if iops is None:
+        if kind == "io2":
+            return (
+                "is required with dataVolumeType io2: AWS provisions io2 by IOPS (100-256000, at most 1000 "
+                f"per GiB, so at most {min(256000, 1000 * size)} for {size} GiB), e.g. dataVolumeIops: 3000"
+            )
+        return None
+    if kind not in EBS_IOPS:
+        return None  # refused with its own message: IOPS apply to gp3 and io2 only
+    least, most, per_gib = EBS_IOPS[kind]
+    # gp3's baseline of 3000 IOPS holds for any size; above it, at most 500 per GiB.
+    ceiling = min(most, max(per_gib * size, least if kind == "gp3" else 0))
+    if not least <= iops <= ceiling:
+        return (
+            f"{iops} is out of range for {kind} with {size} GiB: AWS allows {least}-{most} IOPS "
+            f"and at most {per_gib} per GiB, so {least}-{ceiling} here"
+        )
+    return None
+
+
+def read_private_key(path_text: str) -> str:
+    """The private key file's text. Raises ValueError: missing, unreadable, not a key, or too open for ssh."""
+    import os
+    import stat
+    from pathlib import Path
+
+    path = Path(path_text).expanduser()
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a file; give the private key file, or remove the key to use the SSH agent")
+        text = path.read_text()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read {path} ({exc.strerror}); give a readable private key file, or remove the key to use "
+            "the SSH agent"
+        ) from None
+    except UnicodeDecodeError:
+        text = ""
+    if "PRIVATE KEY" not in text:
+        raise ValueError(f"{path} is not a PEM or OpenSSH private key")
+    # ssh (the Docker provider runs it with -i) ignores a key others can read.
+    if info.st_uid == os.getuid() and info.st_mode & 0o077:
+        raise ValueError(
+            f"{path} is readable by others (mode {stat.S_IMODE(info.st_mode):04o}); ssh refuses such a key: "
+            f"chmod 600 {path}"
+        )
+    return text
+
+
 class VmSettings(Settings):
     """The EC2 VM that hosts the Docker engine when ``docker.engine`` is ``vm``."""
 
-    instance_type: str = Field("t3.large", pattern=r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$")
+    instance_type: str = Field(
+        "t3.large",
+        pattern=_pattern(
+            r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$", "an EC2 instance type: <family>.<size>", "t3.large"
+        ),
+    )
     # Debian 12 is not offered: its docker.io (20.10, API 1.41) rejects the healthcheck's
     # start interval, which needs Docker API 1.44 (Engine 25). Ubuntu backports Docker to LTS.
     os: Literal["ubuntu-24.04", "debian-13"] = "ubuntu-24.04"
-    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
-    subnet_id: str | None = Field(None, pattern=r"^subnet-[0-9a-f]{8,17}$")
-    ssh_public_key: str = Field(pattern=r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$")
+    vpc_id: str | None = Field(None, pattern=_VPC_ID)
+    subnet_id: str | None = Field(None, pattern=_SUBNET_ID)
+    ssh_public_key: str = Field(
+        pattern=_pattern(
+            r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+( .*)?$",
+            "an OpenSSH public key line: its type (ssh-ed25519, ssh-rsa or ecdsa-sha2-nistp256/384/521), "
+            "the base64 key and an optional comment: the contents of ~/.ssh/id_ed25519.pub, not its path",
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI... you@laptop",
+        )
+    )
     ssh_private_key_path: str | None = None
     admin_cidrs: list[Cidr]  # required; an empty list is refused below with the reason
     ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
     root_volume_size: int = Field(30, ge=8, le=1024)
     data_volume_size: int = Field(50, ge=1, le=16384)
     data_volume_type: Literal["gp3", "gp2", "io2", "st1"] = "gp3"
-    data_volume_iops: int | None = Field(None, ge=100, le=256000)
+    # Checked against type and size even when absent (io2 needs it): validate_default.
+    data_volume_iops: int | None = Field(None, ge=100, le=256000, validate_default=True)
     # Restore: create the data volume from this snapshot instead of empty.
-    data_snapshot_id: str | None = Field(None, pattern=r"^snap-[0-9a-f]{8,17}$")
+    data_snapshot_id: str | None = Field(
+        None,
+        pattern=_pattern(
+            r"^snap-[0-9a-f]{8,17}$", "an EBS snapshot id: 'snap-' and 8 or 17 hex digits", "snap-0123456789abcdef0"
+        ),
+    )
     # Daily EBS snapshots of the data volume kept by Data Lifecycle Manager; 0 turns them off.
     daily_snapshots: int = Field(7, ge=0, le=1000)
-    hosted_zone_id: str | None = Field(None, pattern=r"^Z[0-9A-Z]{1,32}$")
+    hosted_zone_id: str | None = Field(None, pattern=_HOSTED_ZONE_ID)
 
     @field_validator("admin_cidrs")
     @classmethod
@@ -184,6 +394,38 @@ class VmSettings(Settings):
                 )
         return cidrs
 
+    @field_validator("instance_type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        problem = instance_type_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("data_volume_type")
+    @classmethod
+    def _volume_size(cls, kind: str, info: ValidationInfo) -> str:
+        size = info.data.get("data_volume_size")
+        problem = ebs_size_problem(kind, size) if size is not None else None
+        if problem:
+            raise ValueError(problem)
+        return kind
+
+    @field_validator("data_volume_iops")
+    @classmethod
+    def _volume_iops(cls, iops: int | None, info: ValidationInfo) -> int | None:
+        size, kind = info.data.get("data_volume_size"), info.data.get("data_volume_type")
+        problem = ebs_iops_problem(kind, size, iops) if size is not None and kind is not None else None
+        if problem:
+            raise ValueError(problem)
+        return iops
+
+    def private_key(self) -> str | None:
+        """The text of sshPrivateKeyPath (None without one). Raises ValueError saying what is wrong."""
+        if not self.ssh_private_key_path:
+            return None
+        return read_private_key(self.ssh_private_key_path)
+
     @model_validator(mode="after")
     def _subnet_needs_vpc(self) -> VmSettings:
         if self.subnet_id and not self.vpc_id:
@@ -205,13 +447,23 @@ class VmSettings(Settings):
 
 class DockerSettings(Settings):
     engine: Literal["local", "vm"] = "local"
-    host: str | None = Field(None, pattern=r"^(unix|tcp|ssh|npipe)://.+$")
+    host: str | None = Field(
+        None,
+        pattern=_pattern(
+            r"^(unix|tcp|ssh|npipe)://.+$",
+            "a Docker engine URL starting with unix://, tcp://, ssh:// or npipe://",
+            "unix:///var/run/docker.sock",
+        ),
+    )
     domain: Domain | None = None
     tls: Literal["internal", "acme", "selfsigned"] | None = None
-    acme_email: str | None = Field(None, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+    acme_email: str | None = Field(
+        None, pattern=_pattern(r"^[^@\s]+@[^@\s]+\.[^@\s]+$", "an email address", "ops@example.com")
+    )
     https_port: int = Field(443, ge=1, le=65535)
     http_port: int = Field(80, ge=1, le=65535)
-    caddy_image: ImageRef = "caddy:2.10.2"
+    # Written out in full: a bare "caddy:2.10.2" silently means Docker Hub (and is warned about).
+    caddy_image: ImageRef = "docker.io/library/caddy:2.10.2"
     vm: VmSettings | None = None
 
     @model_validator(mode="after")
@@ -271,13 +523,44 @@ class DockerSettings(Settings):
     def host_for(self, tenant: str) -> str:
         return f"{tenant}.{self.domain}" if self.domain else f"{tenant}.localhost"
 
+    def check_stack(self, cfg: StackConfig) -> list[str]:
+        """Checks that need the disk, done before any resource: the deploy key, the engine's socket."""
+        from pathlib import Path
+
+        problems = []
+        if self.vm is not None:
+            try:
+                self.vm.private_key()
+            except ValueError as exc:
+                problems.append(f"  - {NAMESPACE}:docker.vm.sshPrivateKeyPath: {exc}")
+        if self.host and self.host.startswith("unix://"):
+            sock = Path(self.host.removeprefix("unix://"))
+            if not sock.exists():
+                problems.append(
+                    f"  - {NAMESPACE}:docker.host: {sock} does not exist; is the Docker engine running? "
+                    "(remove 'host' to use DOCKER_HOST or the default socket)"
+                )
+        return problems
+
 
 # --------------------------------------------------------------------------- kubernetes
 
 
-_K8S_NAME = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"  # RFC 1123 label: namespaces, classes, secrets
-_K8S_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"  # RFC 1123 subdomain: storage/ingress classes
-_K8S_QUANTITY = r"^[1-9][0-9]*(Mi|Gi|Ti)$"
+_K8S_NAME = _pattern(  # RFC 1123 label: namespaces, classes, secrets
+    r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+    "a Kubernetes name (RFC 1123 label): at most 63 lowercase letters, digits or '-', starting and ending "
+    "with a letter or digit",
+    "openhands",
+)
+_K8S_SUBDOMAIN = _pattern(  # RFC 1123 subdomain: storage/ingress classes
+    r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$",
+    "a Kubernetes name (RFC 1123 subdomain): at most 253 lowercase letters, digits, '-' or '.', starting and "
+    "ending with a letter or digit",
+    "letsencrypt-prod",
+)
+_K8S_QUANTITY = _pattern(
+    r"^[1-9][0-9]*(Mi|Gi|Ti)$", "a whole number without a leading zero and the unit Mi, Gi or Ti", "10Gi"
+)
 
 
 class IngressTls(Settings):
@@ -323,12 +606,14 @@ class Egress(Settings):
         return sorted(self.allow_cidrs) != sorted(WORLD) or bool(self.except_cidrs)
 
 
+
+
 class KubernetesSettings(Settings):
     """The Kubernetes model: one StatefulSet, Service, Ingress and NetworkPolicy per tenant."""
 
     namespace: str = Field("openhands", pattern=_K8S_NAME)
     create_namespace: bool = True
-    kubeconfig: Secret | None = None  # contents or path; None = ambient (KUBECONFIG / ~/.kube/config)
+    kubeconfig: KubeconfigSecret | None = None  # contents or path; None = ambient (KUBECONFIG / ~/.kube/config)
     context: str | None = Field(None, min_length=1)
     domain: Domain
     ingress_class: str = Field("nginx", pattern=_K8S_SUBDOMAIN)
@@ -347,7 +632,10 @@ class KubernetesSettings(Settings):
         key_re = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
         for key in value:
             if not key_re.match(key):
-                raise ValueError(f"{key!r} is not a valid annotation key ([prefix/]name)")
+                raise ValueError(
+                    f"{key!r} is not a valid annotation key: [prefix/]name, a name of 1-63 letters, digits, '-', "
+                    "'_' or '.' after an optional DNS prefix, e.g. nginx.ingress.kubernetes.io/proxy-body-size"
+                )
             if key.startswith("cert-manager.io/"):
                 raise ValueError(f"{key!r}: set the issuer with tls.clusterIssuer / tls.issuer, not an annotation")
         return value
@@ -362,6 +650,31 @@ class KubernetesSettings(Settings):
 
     def host_for(self, tenant: str) -> str:
         return f"{tenant}.{self.domain}"
+
+    def check_stack(self, cfg: StackConfig) -> list[str]:
+        """A kubeconfig given as a path must be a readable file; given as contents, YAML or JSON."""
+        if self.kubeconfig is None:
+            return []
+        from pathlib import Path
+
+        import yaml
+
+        value = self.kubeconfig.get_secret_value().strip()
+        key = f"  - {NAMESPACE}:kubernetes.kubeconfig"
+        if "\n" not in value and not value.startswith("{") and "apiVersion" not in value:
+            path = Path(value).expanduser()  # the provider takes a path as well as contents
+            try:
+                value = path.read_text()
+            except OSError as exc:
+                # The path is not secret, but the value might be contents mistaken for one: do not echo it.
+                return [f"{key}: is neither a kubeconfig nor a readable kubeconfig file ({exc.strerror})"]
+        try:
+            doc = yaml.safe_load(value)
+        except yaml.YAMLError:
+            doc = None
+        if not isinstance(doc, dict):
+            return [f"{key}: is not a kubeconfig (expected a YAML or JSON mapping with clusters and contexts)"]
+        return []
 
 
 # --------------------------------------------------------------------------- ecs
@@ -399,14 +712,19 @@ def fargate_size_problem(cpu: float, memory: int) -> str | None:
 
 class EcsSettings(Settings):
     domain: Domain
-    hosted_zone_id: str | None = Field(None, pattern=r"^Z[0-9A-Z]{1,32}$")
+    hosted_zone_id: str | None = Field(None, pattern=_HOSTED_ZONE_ID)
     certificate_arn: str | None = Field(
-        None, pattern=r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$"
+        None,
+        pattern=_pattern(
+            r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$",
+            "an ACM certificate ARN: arn:aws:acm:<region>:<12-digit account>:certificate/<id>",
+            "arn:aws:acm:us-east-1:123456789012:certificate/0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+        ),
     )
     create_dns_records: bool | None = None  # default: on when hostedZoneId is set
-    vpc_id: str | None = Field(None, pattern=r"^vpc-[0-9a-f]{8,17}$")
-    public_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = []
-    private_subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = []
+    vpc_id: str | None = Field(None, pattern=_VPC_ID)
+    public_subnet_ids: list[Annotated[str, Field(pattern=_SUBNET_ID)]] = []
+    private_subnet_ids: list[Annotated[str, Field(pattern=_SUBNET_ID)]] = []
     vpc_cidr: Cidr = "10.40.0.0/16"
     nat_gateways: Literal["single", "perAz"] = "single"
     ingress_cidrs: list[Cidr] = Field(default_factory=lambda: list(WORLD), min_length=1)
@@ -414,7 +732,14 @@ class EcsSettings(Settings):
     efs_backups: bool = True
     idle_timeout: int = Field(3600, ge=60, le=4000)
     # TLS 1.3 policies only (TLS 1.2 fallback allowed by the default one).
-    ssl_policy: str = Field("ELBSecurityPolicy-TLS13-1-2-2021-06", pattern=r"^ELBSecurityPolicy-TLS13-[0-9A-Za-z-]+$")
+    ssl_policy: str = Field(
+        "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        pattern=_pattern(
+            r"^ELBSecurityPolicy-TLS13-[0-9A-Za-z-]+$",
+            "an ELB security policy with TLS 1.3: ELBSecurityPolicy-TLS13-...",
+            "ELBSecurityPolicy-TLS13-1-2-2021-06",
+        ),
+    )
     deregistration_delay: int = Field(10, ge=0, le=3600)
 
     @field_validator("log_retention_days")
@@ -484,7 +809,14 @@ MODAL_NAME_MAX = 64
 class ModalSettings(Settings):
     """The Modal model: per tenant one Modal app, one Secret (the keys) and one Volume (the state)."""
 
-    environment: str | None = Field(None, pattern=r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
+    environment: str | None = Field(
+        None,
+        pattern=_pattern(
+            r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$",
+            "a Modal environment name: 1-64 letters, digits, '-' or '_', starting with a letter or digit",
+            "main",
+        ),
+    )
     app_name: str = "openhands-agent-server"
     volume_name: str = "openhands-state"
     min_containers: int = 1
@@ -495,8 +827,8 @@ class ModalSettings(Settings):
     canvas_ui: bool = False
     # Directory (relative to the project) that holds canvas_ui_tool.py, baked into the image.
     canvas_ui_dir: str = "tools"
-    token_id: Secret | None = None
-    token_secret: Secret | None = None
+    token_id: ModalToken | None = None
+    token_secret: ModalToken | None = None
 
     @field_validator("min_containers")
     @classmethod
@@ -644,13 +976,21 @@ class StackConfig(Settings):
             raise ValueError(f"tenantKeys names {', '.join(unknown)}, which are not in tenants {self.tenants}")
         others = [m for m in MODELS if m != self.model and getattr(self, m) is not None]
         if others:
-            raise ValueError(
-                f"model is {self.model!r} but settings for {', '.join(others)} are present; remove them "
-                "(a stack deploys one model)"
-            )
+            # parse() reports each block under its own key; this covers direct validation.
+            raise ValueError(f"{', '.join(others)}: not used by model {self.model!r}; remove it")
         if self.model in ("kubernetes", "ecs") and getattr(self, self.model) is None:
             raise ValueError(f"model {self.model!r} needs the '{self.model}' object (at least its domain and TLS)")
         return self
+
+    def images(self) -> list[tuple[str, str]]:
+        """(config key, reference) of every image this stack's config names."""
+        out = [("image", self.image)]
+        if self.model == "docker":
+            out.append(("docker.caddyImage", self.settings.caddy_image))
+        override = self.promotion.emergency_override if self.promotion else None
+        if override and override.image:
+            out.append(("promotion.emergencyOverride.image", override.image))
+        return out
 
     @property
     def settings(self) -> Any:
@@ -718,14 +1058,31 @@ def _key(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            # Validators of defaults report the Python name (data_volume_iops); show the config key.
+            part = to_camel(part) if part in _FIELD_NAMES else part
             out += ("." if i else "") + str(part)
     return out
+
+
+def _field_names(model: type[BaseModel], seen: set[str]) -> set[str]:
+    import typing
+
+    names = set()
+    for name, f in model.model_fields.items():
+        if "_" in name:
+            names.add(name)
+        found = _model_in(f.annotation, typing)
+        if found and found.__name__ not in seen:
+            seen.add(found.__name__)
+            names |= _field_names(found, seen)
+    return names
 
 
 def _format(errors: list[dict[str, Any]], stack: str) -> str:
     lines = [f"invalid configuration for stack {stack!r}:"]
     for err in errors:
-        loc = tuple(p for p in err["loc"] if p not in ("function-after[_tenant(), str]",))
+        # Drop pydantic's validator tags ("function-after[_tenant(), str]"): they are no config keys.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and re.fullmatch(r"[a-z-]+\[.*\]", p)))
         kind = err["type"]
         if kind == "extra_forbidden":
             parent = _walk_model(StackConfig, loc[:-1]) if len(loc) > 1 else StackConfig
@@ -735,6 +1092,12 @@ def _format(errors: list[dict[str, Any]], stack: str) -> str:
             msg += f"; allowed: {', '.join(allowed)}"
         elif kind == "missing":
             msg = "is required"
+        elif kind == "string_pattern_mismatch":
+            words, example = PATTERN_WORDS.get(err.get("ctx", {}).get("pattern", ""), ("", ""))
+            got = err.get("input")
+            msg = f"must be {words}, e.g. {example}" if words else "is not in the expected format"
+            if isinstance(got, str):
+                msg += f" (got {got if len(got) <= 60 else got[:57] + '...'!r})"
         else:
             msg = err["msg"].removeprefix("Value error, ")
             if kind in ("literal_error", "enum"):
@@ -742,6 +1105,9 @@ def _format(errors: list[dict[str, Any]], stack: str) -> str:
                 msg += f" (got {got!r})" if not isinstance(got, (dict, list)) else ""
         lines.append(f"  - {_key(loc) if loc else NAMESPACE}: {msg}")
     return "\n".join(lines)
+
+
+_FIELD_NAMES = _field_names(StackConfig, set())
 
 
 def parse(
@@ -767,23 +1133,72 @@ def parse(
             f"  - {NAMESPACE}:modal.tokenSecret: a Modal token is a credential; set it with "
             "`pulumi config set --secret --path modal.tokenSecret ...`"
         )
+    decoded = {k: _decode(v) for k, v in values.items()}
+    model = decoded.get("model")
+    if isinstance(model, str) and model in MODELS:
+        # Another model's block is reported under its own key, and its contents are not validated.
+        for other in MODELS:
+            if other != model and decoded.get(other) is not None:
+                del decoded[other]
+                problems.append(
+                    f"  - {NAMESPACE}:{other}: not used by model {model!r}; remove it (a stack deploys one model)"
+                )
     try:
-        cfg = StackConfig.model_validate({k: _decode(v) for k, v in values.items()})
+        cfg = StackConfig.model_validate(decoded)
     except ValidationError as exc:
         message = _format(exc.errors(), stack)
         if problems:
             message += "\n" + "\n".join(problems)
         raise ConfigError(message) from None
-    # Model settings may check the whole stack (e.g. ECS: Fargate cpu/memory pairs).
+    # Model settings may check the whole stack (e.g. ECS: Fargate cpu/memory pairs) and the disk
+    # (key files, the Modal tool file): all before the program registers anything.
     check = getattr(cfg.settings, "check_stack", None)
     if check is not None:
         problems += check(cfg)
+    if is_prod(cfg, stack):
+        for key, ref in cfg.images():
+            unpinned, _ = image_issues(ref)
+            if unpinned:
+                problems.append(
+                    f"  - {NAMESPACE}:{key}: {ref!r} {unpinned}; a prod stack deploys pinned images only: use a "
+                    f"version tag or a digest, e.g. {contract.DEFAULT_IMAGE}"
+                )
     if problems:
         raise ConfigError(f"invalid configuration for stack {stack!r}:\n" + "\n".join(problems))
     return cfg
 
 
+# Stacks held to prod rules (pinned images): these names, and every stack that promotes
+# (``promotion`` set), the same stacks whose policy config makes ``image-pinned`` mandatory.
+PROD_STACKS = ("prod", "production")
+
+
+def is_prod(cfg: StackConfig, stack: str) -> bool:
+    return cfg.promotion is not None or stack.rsplit("/", 1)[-1] in PROD_STACKS
+
+
+def warnings(cfg: StackConfig, stack: str) -> list[str]:
+    """What is allowed but risky: unpinned images outside prod, images that name no registry."""
+    out = []
+    for key, ref in cfg.images():
+        unpinned, bare = image_issues(ref)
+        if unpinned and not is_prod(cfg, stack):
+            out.append(
+                f"{NAMESPACE}:{key}: {ref!r} {unpinned}: a redeploy may run another image; pin a version tag "
+                "or a digest (prod stacks refuse unpinned images)"
+            )
+        if bare:
+            out.append(f"{NAMESPACE}:{key}: {ref!r} {bare}")
+    return out
+
+
 def load() -> StackConfig:
-    """Read and validate the stack's ``openhands:*`` config. Raises ConfigError."""
+    """Read and validate the stack's ``openhands:*`` config. Raises ConfigError.
+
+    Warnings (see ``warnings``) go to ``pulumi.log.warn``: a preview shows them."""
     values, secret_keys = _raw()
-    return parse(values, secret_keys, pulumi.get_stack())
+    stack = pulumi.get_stack()
+    cfg = parse(values, secret_keys, stack)
+    for message in warnings(cfg, stack):
+        pulumi.log.warn(message)
+    return cfg

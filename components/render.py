@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import re
 import string
 import sys
 from collections.abc import Callable, Mapping
@@ -192,6 +194,7 @@ class Rendered:
     resources: list[Resource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     secret_outputs: set[str] = field(default_factory=set)
+    warnings: list[str] = field(default_factory=list)  # pulumi.log.warn messages
 
     def of_type(self, typ: str) -> list[Resource]:
         return [r for r in self.resources if r.type == typ]
@@ -211,6 +214,17 @@ class Rendered:
     @property
     def types(self) -> list[str]:
         return sorted({r.type for r in self.resources})
+
+
+class _WarningLog(logging.Logger):
+    """The mock engine's logger: keeps ``pulumi.log.warn`` messages, which a preview would print."""
+
+    def __init__(self, sink: list[str]):
+        super().__init__("openhands.render")
+        self.sink = sink
+
+    def warning(self, msg: object, *args: Any, **kwargs: Any) -> None:
+        self.sink.append(str(msg))
 
 
 class _Mocks(pulumi.runtime.Mocks):
@@ -287,17 +301,149 @@ def stack_names() -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
 
 
-def load_stack_config(stack: str) -> dict[str, Any]:
-    """The ``config:`` block of a stack file, keys as written (``openhands:model``)."""
-    path = stack_file(stack)
+class StackLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where YAML 1.1 (PyYAML) and YAML 1.2 read the same text differently.
+
+    Refused, each with its line: a duplicate key (the last one would silently win), ``yes``/``no``/
+    ``on``/``off`` booleans, octal-, hex-, base-60- or underscore-looking numbers (``0443`` is 291 in
+    YAML 1.1 and 443 in 1.2). Dates stay strings, as in YAML 1.2's core schema.
+    """
+
+
+def _problem(node: yaml.Node, text: str) -> yaml.constructor.ConstructorError:
+    return yaml.constructor.ConstructorError(None, None, text, node.start_mark)
+
+
+def _mapping(loader: StackLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            first = seen.get(key)
+        except TypeError:
+            continue  # an unhashable key: the base constructor reports it
+        if first is not None:
+            raise _problem(key_node, f"duplicate key {key!r} (first at line {first}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+def _bool(loader: StackLoader, node: yaml.ScalarNode) -> bool:
+    value = loader.construct_scalar(node)
+    if value.lower() not in ("true", "false"):
+        raise _problem(
+            node,
+            f"{value!r} is a boolean in YAML 1.1 but a string in YAML 1.2; write true or false, or quote it "
+            f"('{value}') if you mean the word",
+        )
+    return value.lower() == "true"
+
+
+def _int(loader: StackLoader, node: yaml.ScalarNode) -> int:
+    value = loader.construct_scalar(node)
+    if re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", value):
+        return int(value)
+    if re.fullmatch(r"[-+]?0[0-7_]+", value):
+        why = f"{value} looks octal: YAML 1.1 reads it as {yaml.SafeLoader.construct_yaml_int(loader, node)}"
+        hint = f"write {int(value.replace('_', ''))} or quote it"
+    elif ":" in value:
+        why = f"{value} is a base-60 number ({yaml.SafeLoader.construct_yaml_int(loader, node)}) in YAML 1.1"
+        hint = f"quote it ('{value}') if you mean text"
+    else:
+        why = f"{value} is not a plain decimal number"
+        hint = "write the number in decimal digits, or quote it"
+    raise _problem(node, f"{why}; {hint}")
+
+
+def _float(loader: StackLoader, node: yaml.ScalarNode) -> float:
+    value = loader.construct_scalar(node)
+    if ":" in value or "_" in value:
+        raise _problem(node, f"{value} is read differently by YAML 1.1 and 1.2; write a plain number, or quote it")
+    return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+
+StackLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+StackLoader.add_constructor("tag:yaml.org,2002:bool", _bool)
+StackLoader.add_constructor("tag:yaml.org,2002:int", _int)
+StackLoader.add_constructor("tag:yaml.org,2002:float", _float)
+StackLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
+def yaml_error(exc: yaml.YAMLError, where: str) -> str:
+    """One line for a YAML error: where, line and column, what, and a hint for tabs."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = ", ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x) or str(exc)
+    if "\\t" in what or "\t" in what:
+        what += " (YAML does not allow tabs for indentation; use spaces)"
+    return f"{where}: {at}{what}"
+
+
+STACK_FILE_KEYS = ("config", "environment", "secretsprovider", "encryptedkey", "encryptionsalt")
+
+
+def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
+    """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``),
+    keys as written (``openhands:model``). Raises FileNotFoundError, or ConfigError naming the file."""
+    from components.config import ConfigError
+
+    path = path or stack_file(stack)
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path} (stacks: {', '.join(stack_names())})")
-    return dict((yaml.safe_load(path.read_text()) or {}).get("config") or {})
+    try:
+        doc = yaml.load(path.read_text(), Loader=StackLoader)  # noqa: S506 - a SafeLoader subclass
+    except OSError as exc:
+        raise ConfigError(f"cannot read stack file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"stack file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error(exc, f"stack file {path}")) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(
+            f"stack file {path}: is a {type(doc).__name__}, not a mapping; it holds `config:` with "
+            f"{NAMESPACE}:<key> entries"
+        )
+    for key in doc:
+        if key not in STACK_FILE_KEYS:
+            import difflib
+
+            near = difflib.get_close_matches(str(key), STACK_FILE_KEYS, n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(
+                f"stack file {path}: unknown top-level key {key!r}{hint}; allowed: {', '.join(STACK_FILE_KEYS)}"
+            )
+    config = doc.get("config")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"stack file {path}: `config` is a {type(config).__name__}, not a mapping of "
+            f"{NAMESPACE}:<key>: <value>"
+        )
+    for key in config:
+        ns, colon, name = str(key).partition(":")
+        if not isinstance(key, str) or not colon or not ns or not name:
+            raise ConfigError(
+                f"stack file {path}: config key {key!r} needs its namespace, e.g. {NAMESPACE}:{key} "
+                "(or aws:region for a provider)"
+            )
+    return dict(config)
 
 
 def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set (value None: remove) the dotted key, as `pulumi config set --path` would. ConfigError on a bad key."""
+    from components.config import ConfigError
+
     key, _, rest = dotted.partition(".")
     full = key if ":" in key else f"{NAMESPACE}:{key}"
+    parts = rest.split(".") if rest else []
+    if not re.fullmatch(r"([A-Za-z0-9_-]+:)?[A-Za-z0-9_-]+", key) or any(not p for p in parts):
+        raise ConfigError(
+            f"cannot set {dotted!r}: a key is a name or a dotted path of names, e.g. tenants or docker.httpsPort"
+        )
     if not rest:
         if value is None:
             cfg.pop(full, None)
@@ -305,9 +451,14 @@ def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
             cfg[full] = value
         return
     node = cfg.setdefault(full, {})
-    parts = rest.split(".")
+    walked = full
     for p in parts[:-1]:
+        if not isinstance(node, dict):
+            break
         node = node.setdefault(p, {})
+        walked += "." + p
+    if not isinstance(node, dict):
+        raise ConfigError(f"cannot set {dotted!r}: {walked} is {node!r}, not an object")
     if value is None:
         node.pop(parts[-1], None)
     else:
@@ -331,6 +482,7 @@ def render(
     config: Mapping[str, Any] | None = None,
     stack_outputs: Mapping[str, Mapping[str, Any]] | None = None,
     project: str = NAMESPACE,
+    stack_path: Path | None = None,
 ) -> Rendered:
     """Render a stack offline.
 
@@ -338,10 +490,14 @@ def render(
     (``"tenants"``, ``"docker.httpsPort"``) or full keys (``"aws:region"``); a value of
     None removes the key. ``secrets`` are marked secret, as ``pulumi config set --secret``
     would. ``config`` replaces the stack file entirely. ``stack_outputs`` mocks
-    StackReferences by name. Raises ConfigError for bad config, with nothing registered
-    (``Rendered`` is not returned then).
+    StackReferences by name. ``stack_path`` reads another stack file than
+    ``stacks/Pulumi.<stack>.yaml``. Raises ConfigError for bad config, with nothing registered
+    (``Rendered`` is not returned then). ``Rendered.warnings`` holds what the program sent to
+    ``pulumi.log.warn`` (a preview would show it).
     """
-    cfg = dict(config) if config is not None else load_stack_config(stack)
+    global last_resources
+    last_resources = []  # a config error below leaves it empty: nothing was registered
+    cfg = dict(config) if config is not None else load_stack_config(stack, stack_path)
     secret_keys: list[str] = []
     for dotted, value in (overrides or {}).items():
         _set_path(cfg, dotted, value)
@@ -352,12 +508,14 @@ def render(
 
     mocks = _Mocks(stack, stack_outputs or {})
     monitor = _Monitor(mocks)
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    warnings: list[str] = []
+    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor,
+                             logger=_WarningLog(warnings))
     pulumi.runtime.set_all_config({k: _wire(v) for k, v in cfg.items()}, secret_keys)
 
     from components import program
 
-    result = Rendered(stack=stack, config=cfg)
+    result = Rendered(stack=stack, config=cfg, warnings=warnings)
 
     @pulumi.runtime.test
     def _run():
@@ -377,7 +535,6 @@ def render(
             lambda _: pulumi.Output.from_input(secretness())
         )
 
-    global last_resources
     last_resources = monitor.records
     try:
         _run()

@@ -96,7 +96,6 @@ class DockerVm(pulumi.ComponentResource):
     ) -> None:
         settings = cfg.settings
         vm: VmSettings = settings.vm
-        # Read before anything is registered, so a bad path is a plain config error.
         private_key = _read_private_key(vm)
         super().__init__("openhands:vm:DockerVm", name, None, opts)
         stack = pulumi.get_stack()
@@ -368,20 +367,11 @@ class DockerVm(pulumi.ComponentResource):
 
 
 def _read_private_key(vm: VmSettings) -> pulumi.Output[str] | None:
-    """The deploy key from vm.sshPrivateKeyPath (a secret), or None to use the SSH agent."""
-    if not vm.ssh_private_key_path:
-        return None
-    path = Path(vm.ssh_private_key_path).expanduser()
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(
-            f"openhands:docker.vm.sshPrivateKeyPath: cannot read {path} ({exc.strerror}); "
-            "give a readable private key file, or remove the key to use the SSH agent"
-        ) from None
-    if "PRIVATE KEY" not in text:
-        raise ConfigError(f"openhands:docker.vm.sshPrivateKeyPath: {path} is not a PEM/OpenSSH private key")
-    return pulumi.Output.secret(text)
+    """The deploy key from vm.sshPrivateKeyPath (a secret), or None to use the SSH agent.
+
+    Config parsing (DockerSettings.check_stack) already checked the file, before any resource."""
+    text = vm.private_key()
+    return pulumi.Output.secret(text) if text is not None else None
 
 
 def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:

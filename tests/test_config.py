@@ -63,7 +63,7 @@ def test_supplied_key_in_plain_text_is_refused():
 def test_conflicting_settings():
     assert "acmeEmail" in fails(overrides={"docker.tls": "acme", "docker.domain": "example.com"})
     msg = fails(overrides={"ecs": {"domain": "example.com", "hostedZoneId": "Z123"}})
-    assert "model is 'docker' but settings for ecs are present" in msg
+    assert "openhands:ecs: not used by model 'docker'; remove it" in msg
     assert "tenantKeys names bob" in fails(
         secrets={"tenantKeys": {"bob": {"sessionApiKey": "k" * 32, "secretKey": "s" * 32}}}
     )

@@ -350,6 +350,7 @@ def test_containers_have_healthchecks_and_keys_only_as_secrets(three: Rendered):
 def test_private_key_from_path_is_a_secret(tmp_path):
     key = tmp_path / "id_ed25519"
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n")
+    key.chmod(0o600)  # ssh ignores a key others can read; config refuses it (tests/test_config_errors.py)
     rendered = render("vm", overrides={"docker.vm.sshPrivateKeyPath": str(key)})
     wait = rendered.one("command:remote:Command")
     assert wait.inputs["connection"]["privateKey"] == key.read_text()
