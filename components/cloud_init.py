@@ -122,6 +122,59 @@ echo "openhands: data volume $VOLUME_ID on $MOUNT, Docker API $api ready"
 """
 
 
+CLOUD_INIT_WAIT = "cloud-init status --wait"
+
+
+def readiness_script(
+    *,
+    mount_point: str = MOUNT_POINT,
+    data_root: str = DOCKER_DATA_ROOT,
+    marker: str = READY_MARKER,
+    wait: str = CLOUD_INIT_WAIT,
+) -> str:
+    """What the deploy runs over SSH before it talks to Docker: fails unless cloud-init
+    finished, the data volume is mounted *now* and Docker is up with its data-root on it.
+
+    The marker alone is not enough: it lives on the root disk, so a data volume that did
+    not mount on a later boot (fstab ``nofail``) would still pass, and the containers would
+    start on an empty root-disk directory."""
+    q = shlex.quote
+    return f"""set -u
+{wait} >/dev/null 2>&1 || true
+fail() {{
+  echo "openhands: $1" >&2
+  echo "openhands: the end of /var/log/cloud-init-output.log:" >&2
+  sudo -n tail -n 40 /var/log/cloud-init-output.log >&2 2>/dev/null || true
+  exit 1
+}}
+[ -f {q(marker)} ] || fail "VM setup did not finish (no {marker})"
+mountpoint -q {q(mount_point)} || fail "the data volume is not mounted at {mount_point}"
+root=$(docker info --format '{{{{.DockerRootDir}}}}' 2>/dev/null) || fail "Docker is not running (docker info failed)"
+[ "$root" = {q(data_root)} ] || fail "Docker's data-root is $root, not {data_root}"
+on=$(findmnt -n -o TARGET --target "$root") || fail "findmnt cannot place $root"
+[ "$on" = {q(mount_point)} ] || fail "Docker's data-root $root is on $on, not on the data volume ({mount_point})"
+echo "openhands: data volume mounted at {mount_point}, Docker up with data-root $root (setup $(cat {q(marker)}))"
+"""
+
+
+def authorized_key_script(public_key: str) -> str:
+    """Make ``public_key`` the only key the SSH user accepts (run over SSH as that user).
+
+    The instance's EC2 key pair reaches ``authorized_keys`` only at its first boot, and a
+    new key pair would replace the instance; so the key is delivered here instead, and a
+    rotation needs no new instance."""
+    key = public_key.strip()
+    if not key or "\n" in key:
+        raise ValueError("an SSH public key is one line")
+    return f"""set -eu
+umask 077
+mkdir -p ~/.ssh
+printf '%s\n' {shlex.quote(key)} > ~/.ssh/authorized_keys.openhands
+mv ~/.ssh/authorized_keys.openhands ~/.ssh/authorized_keys
+echo "openhands: authorized_keys holds the configured key only"
+"""
+
+
 def daemon_json() -> str:
     return json.dumps(
         {

@@ -7,6 +7,8 @@ measured on ``openhands-agent-server`` 1.58.0 (see shared/research/agent_server_
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -82,6 +84,26 @@ AUTH_HEADER = "X-Session-API-Key"
 
 # How every model labels/tags the agent-server workload, so policies can find it.
 ROLE = "agent-server"
+
+
+def global_name(
+    project: str,
+    stack: str,
+    *parts: str,
+    sep: str = "-",
+    max_length: int = 255,
+    invalid: str = r"[^A-Za-z0-9_-]",
+) -> str:
+    """A name for an object whose name is global to an account (an ECS cluster, a log
+    group, a snapshot policy's target tag): project and stack both in it, so two stacks
+    or two projects never share one. Characters matching ``invalid`` become "-"; a name
+    over ``max_length`` is cut and ends in a hash of the whole, so it stays unique."""
+    whole = sep.join([project, stack, *parts])
+    name = re.sub(invalid, "-", whole) if invalid else whole
+    if len(name) > max_length:
+        digest = hashlib.sha256(whole.encode()).hexdigest()[:8]
+        name = name[: max_length - len(digest) - 1] + "-" + digest
+    return name
 
 # What the smoke test (components/smoke.py) calls on every tenant, besides READINESS_PROBE:
 # an authenticated REST call (401 without the key) and the WebSocket first-message auth.

@@ -27,7 +27,7 @@ import pulumi_aws as aws
 
 from components import contract
 from components.config import EcsSettings, StackConfig
-from components.ecs_network import HTTP_PORT, HTTPS_PORT, Network, SecurityGroups, stack_tags
+from components.ecs_network import HTTP_PORT, HTTPS_PORT, Network, SecurityGroups, stack_name, stack_tags
 from components.keys import TenantKeys
 from components.program import Deployment
 
@@ -44,6 +44,9 @@ ECS_MAX_START_PERIOD = 300
 # Grace before the ALB's failing health checks count: longer than the contract's startup budget.
 GRACE_PERIOD_SECONDS = contract.STARTUP_BUDGET_SECONDS + 60
 MAX_RULE_PRIORITY = 50000
+# Characters AWS refuses in a Secrets Manager name / a CloudWatch log group name.
+SECRET_NAME_INVALID = r"[^A-Za-z0-9/_+=.@-]"
+LOG_GROUP_INVALID = r"[^A-Za-z0-9_./#-]"
 _ECR_IMAGE = re.compile(r"^(\d{12})\.dkr\.ecr\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?/([^:@]+)")
 
 
@@ -415,7 +418,8 @@ class TenantService(pulumi.ComponentResource):
         # ---- keys: one secret per tenant, a JSON object {ENV_NAME: value}
         self.secret = aws.secretsmanager.Secret(
             f"{tenant}-keys",
-            name_prefix=f"openhands/{stack}/{tenant}-",
+            # Account-global names carry project and stack: two stacks never share one.
+            name_prefix=stack_name(tenant, sep="/", max_length=480, invalid=SECRET_NAME_INVALID) + "-",
             description=f"OpenHands agent-server keys for tenant {tenant} (stack {stack})",
             recovery_window_in_days=7,
             tags=tags,
@@ -430,7 +434,7 @@ class TenantService(pulumi.ComponentResource):
 
         self.log_group = aws.cloudwatch.LogGroup(
             f"{tenant}-logs",
-            name=f"/openhands/{stack}/{tenant}",
+            name="/" + stack_name(tenant, sep="/", max_length=511, invalid=LOG_GROUP_INVALID),
             retention_in_days=settings.log_retention_days,
             tags=tags,
             opts=child,
@@ -517,7 +521,7 @@ class TenantService(pulumi.ComponentResource):
         )
         self.task_definition = aws.ecs.TaskDefinition(
             f"{tenant}-task",
-            family=f"openhands-{stack}-{tenant}",
+            family=stack_name(tenant),
             cpu=cpu,
             memory=memory,
             network_mode="awsvpc",
@@ -678,7 +682,7 @@ class EcsDeployment(pulumi.ComponentResource):
         )
         self.cluster = aws.ecs.Cluster(
             f"{name}-cluster",
-            name=f"openhands-{pulumi.get_stack()}",
+            name=stack_name(),
             settings=[aws.ecs.ClusterSettingArgs(name="containerInsights", value="enabled")],
             tags=stack_tags(),
             opts=child,

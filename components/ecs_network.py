@@ -26,6 +26,11 @@ def stack_tags(**extra: pulumi.Input[str]) -> dict[str, pulumi.Input[str]]:
     return {"openhands:stack": pulumi.get_stack(), "openhands:model": "ecs", **extra}
 
 
+def stack_name(*parts: str, **kw) -> str:
+    """An account-global name carrying project and stack (contract.global_name)."""
+    return contract.global_name(pulumi.get_project(), pulumi.get_stack(), *parts, **kw)
+
+
 def subnet_plan(vpc_cidr: str) -> tuple[list[str], list[str]]:
     """Cut the VPC block into quarters: two public (ALB, NAT) then two private (tasks, EFS)."""
     net = ipaddress.ip_network(vpc_cidr)

@@ -181,6 +181,11 @@ class Resource:
     protect: bool = False
     retain_on_delete: bool = False
     provider: str = ""
+    delete_before_replace: bool = False
+    dependencies: list[str] = field(default_factory=list)  # URNs: depends_on and the inputs' sources
+    ignore_changes: list[str] = field(default_factory=list)
+    replace_on_changes: list[str] = field(default_factory=list)
+    additional_secret_outputs: list[str] = field(default_factory=list)
 
     def is_secret(self, path: str) -> bool:
         """Whether the input at ``path`` (or a value containing it) was a Pulumi secret."""
@@ -285,6 +290,11 @@ class _Monitor(_mocks.MockMonitor):
                     protect=bool(request.protect),
                     retain_on_delete=bool(request.retainOnDelete),
                     provider=request.provider,
+                    delete_before_replace=bool(request.deleteBeforeReplace),
+                    dependencies=list(request.dependencies),
+                    ignore_changes=list(request.ignoreChanges),
+                    replace_on_changes=list(request.replaceOnChanges),
+                    additional_secret_outputs=list(request.additionalSecretOutputs),
                 )
             )
         return response

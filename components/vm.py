@@ -80,6 +80,7 @@ class DockerVm(pulumi.ComponentResource):
     instance: aws.ec2.Instance
     address: aws.ec2.Eip
     ready: command.remote.Command
+    authorized_key: command.remote.Command
     provider: docker.Provider
     host: DockerHost
     records: dict[str, aws.route53.Record]
@@ -99,9 +100,13 @@ class DockerVm(pulumi.ComponentResource):
         private_key = _read_private_key(vm)
         super().__init__("openhands:vm:DockerVm", name, None, opts)
         stack = pulumi.get_stack()
+        # Account-global names and tags carry project and stack, so two stacks (or two
+        # projects) never share one; above all the snapshot policy's target tag, which would
+        # otherwise snapshot (and expire) another stack's disks.
+        self.scope = contract.global_name(pulumi.get_project(), stack)
         child = pulumi.ResourceOptions(parent=self)
         invoke = pulumi.InvokeOptions(parent=self)
-        tags = {"openhands:stack": stack, "Name": f"openhands-{stack}"}
+        tags = {"openhands:stack": stack, "Name": self.scope}
 
         # ---------------------------------------------------------------- network
         if vm.subnet_id:
@@ -143,7 +148,7 @@ class DockerVm(pulumi.ComponentResource):
             opts=child,
         )
         self.key_pair = aws.ec2.KeyPair(
-            f"{name}-key", key_name_prefix=f"openhands-{stack}-", public_key=vm.ssh_public_key, tags=tags, opts=child
+            f"{name}-key", key_name_prefix=f"{self.scope}-", public_key=vm.ssh_public_key, tags=tags, opts=child
         )
 
         # ---------------------------------------------------------------- data volume
@@ -158,7 +163,7 @@ class DockerVm(pulumi.ComponentResource):
             iops=vm.data_volume_iops,
             snapshot_id=vm.data_snapshot_id,
             encrypted=True,
-            tags={**tags, "Name": f"openhands-{stack}-data", SNAPSHOT_TAG: stack},
+            tags={**tags, "Name": f"{self.scope}-data", SNAPSHOT_TAG: self.scope},
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
         )
 
@@ -186,6 +191,10 @@ class DockerVm(pulumi.ComponentResource):
             vpc_security_group_ids=[self.security_group.id],
             key_name=self.key_pair.key_name,
             user_data=self.user_data,
+            # cloud-init's setup runs once per instance, so new user data (a restored data
+            # volume has a new id) needs a new instance, not an in-place stop/start that would
+            # boot on an unmounted volume. The data volume is re-attached to it.
+            user_data_replace_on_change=True,
             # IMDSv2 only; hop limit 1 keeps containers (one hop further) away from the
             # instance's credentials.
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
@@ -198,7 +207,10 @@ class DockerVm(pulumi.ComponentResource):
             tags={**tags, ROLE_LABEL: contract.ROLE},
             # A newer AMI must not silently replace the host; unattended-upgrades patches it
             # in place. Move to a new image with `pulumi up --replace <instance urn>`.
-            opts=child.merge(pulumi.ResourceOptions(ignore_changes=["ami"])),
+            # A new sshPublicKey replaces the EC2 key pair, and keyName would replace the
+            # instance: ignored, because the key pair only seeds authorized_keys at first
+            # boot; the `authorized-key` command below delivers the configured key instead.
+            opts=child.merge(pulumi.ResourceOptions(ignore_changes=["ami", "keyName"])),
         )
         self.attachment = aws.ec2.VolumeAttachment(
             f"{name}-data-attachment",
@@ -207,12 +219,16 @@ class DockerVm(pulumi.ComponentResource):
             instance_id=self.instance.id,
             # Stop the instance first, so the filesystem is unmounted cleanly on detach.
             stop_instance_before_detaching=True,
-            opts=child,
+            # On replace (a new instance or a restored volume) detach the old pair first: a
+            # volume attaches to one instance at a time (VolumeInUse otherwise).
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.address = aws.ec2.Eip(f"{name}-ip", domain="vpc", tags=tags, opts=child)
         self.association = aws.ec2.EipAssociation(
             f"{name}-ip-association", instance_id=self.instance.id, allocation_id=self.address.allocation_id,
-            opts=child,
+            # An address has one association: deleting the old one after the new one exists
+            # would take the address off the new instance.
+            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
         ip = self.address.public_ip
 
@@ -241,19 +257,16 @@ class DockerVm(pulumi.ComponentResource):
             tls_files = self._certificates(name, stack, list(hosts.values()), ip, child)
 
         # ---------------------------------------------------------------- Docker over SSH
-        # Wait for cloud-init: the data disk mounted and Docker on it, or fail with its log.
+        # Wait for cloud-init, then check the data disk is mounted now and Docker runs on it,
+        # or fail with cloud-init's log.
+        connection = command.remote.ConnectionArgs(
+            host=ip, user=vm.ssh_user, private_key=private_key, dial_error_limit=40, per_dial_timeout=15,
+        )
         self.ready = command.remote.Command(
             f"{name}-cloud-init",
-            connection=command.remote.ConnectionArgs(
-                host=ip, user=vm.ssh_user, private_key=private_key, dial_error_limit=40, per_dial_timeout=15,
-            ),
-            create=(
-                "cloud-init status --wait >/dev/null || true; "
-                f"if [ -f {cloud_init.READY_MARKER} ]; then cat {cloud_init.READY_MARKER}; else "
-                "echo 'openhands: VM setup failed; the end of /var/log/cloud-init-output.log:' >&2; "
-                "sudo -n tail -n 40 /var/log/cloud-init-output.log >&2; exit 1; fi"
-            ),
-            # A new instance or new user data (in-place stop/start) means another first boot.
+            connection=connection,
+            create=cloud_init.readiness_script(),
+            # A new instance (new user data replaces it) means another first boot.
             triggers=[self.instance.id, self.user_data],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[self.association, self.attachment])),
         )
@@ -277,6 +290,17 @@ class DockerVm(pulumi.ComponentResource):
             hosts=hosts,
             tls_files=tls_files,
             opts=child.merge(pulumi.ResourceOptions(providers={"docker": self.provider})),
+        )
+        # The configured public key becomes the only one the VM accepts, as the last step
+        # of the deploy (this run still connects with the key it had). Rotation: set the new
+        # sshPublicKey with the old private key still in use, `pulumi up`, then switch the
+        # private key (sshPrivateKeyPath or the agent). The instance is never replaced for it.
+        self.authorized_key = command.remote.Command(
+            f"{name}-authorized-key",
+            connection=connection,
+            create=cloud_init.authorized_key_script(vm.ssh_public_key),
+            triggers=[self.instance.id],
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[self.host, self.ready])),
         )
         self.urls = self.host.urls
         identity = f"-i {vm.ssh_private_key_path} " if vm.ssh_private_key_path else ""
@@ -311,7 +335,7 @@ class DockerVm(pulumi.ComponentResource):
             state="ENABLED",
             policy_details=aws.dlm.LifecyclePolicyPolicyDetailsArgs(
                 resource_types=["VOLUME"],
-                target_tags={SNAPSHOT_TAG: stack},
+                target_tags={SNAPSHOT_TAG: self.scope},
                 schedules=[
                     aws.dlm.LifecyclePolicyPolicyDetailsScheduleArgs(
                         name=f"daily, keep {vm.daily_snapshots}",

@@ -92,7 +92,7 @@ def test_user_data_sets_up_the_data_disk_and_docker(three: Rendered):
     # The disk is found by its own volume id (the NVMe serial), never by guessing.
     vid = three.outputs["dataVolumeId"]
     assert vid.startswith("vol-") and f"Amazon_Elastic_Block_Store_{vid.replace('-', '')}" in script
-    assert volume.inputs["tags"][cloud_init_tag()] == "vm"
+    assert volume.inputs["tags"][cloud_init_tag()] == "openhands-vm"  # project-stack
     assert "nofail" in script and cloud_init.MOUNT_POINT in script
     assert "apt-get install -y -q -o Dpkg::Options::=--force-confold docker.io" in script
     assert json.loads(files["/etc/docker/daemon.json"])["data-root"] == cloud_init.DOCKER_DATA_ROOT
@@ -103,7 +103,7 @@ def test_user_data_sets_up_the_data_disk_and_docker(three: Rendered):
     assert 'APT::Periodic::Unattended-Upgrade "1";' in files["/etc/apt/apt.conf.d/20auto-upgrades"]
     assert cloud_init.READY_MARKER in script and "final_message" in doc
     # The deploy waits for exactly that marker.
-    wait = three.one("command:remote:Command")
+    wait = three.one("command:remote:Command", "vm-cloud-init")
     assert "cloud-init status --wait" in wait.inputs["create"] and cloud_init.READY_MARKER in wait.inputs["create"]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
 
@@ -291,7 +291,7 @@ def test_daily_snapshots_of_the_data_volume(one: Rendered):
     policy = one.one("aws:dlm/lifecyclePolicy:LifecyclePolicy")
     details = policy.inputs["policyDetails"]
     tag = cloud_init_tag()
-    assert details["targetTags"] == {tag: "vm"} and one.one(VOLUME).inputs["tags"][tag] == "vm"
+    assert details["targetTags"] == {tag: "openhands-vm"} and one.one(VOLUME).inputs["tags"][tag] == "openhands-vm"
     (schedule,) = details["schedules"]
     assert schedule["retainRule"]["count"] == 7 and schedule["createRule"]["interval"] == 24
     off = render("vm", overrides={"docker.vm.dailySnapshots": 0})
@@ -309,7 +309,7 @@ def test_docker_reached_over_ssh_after_cloud_init(three: Rendered):
     # Every Docker resource goes through that provider, none through the local engine.
     docker_resources = [r for r in three.resources if r.type.startswith("docker:")]
     assert docker_resources and all(r.provider.split("::")[-2] == provider.name for r in docker_resources)
-    wait = three.one("command:remote:Command")
+    wait = three.one("command:remote:Command", "vm-cloud-init")
     assert wait.inputs["connection"]["host"] == "203.0.113.10"
     assert wait.inputs["connection"]["user"] == "ubuntu"
 
@@ -352,12 +352,14 @@ def test_private_key_from_path_is_a_secret(tmp_path):
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n")
     key.chmod(0o600)  # ssh ignores a key others can read; config refuses it (tests/test_config_errors.py)
     rendered = render("vm", overrides={"docker.vm.sshPrivateKeyPath": str(key)})
-    wait = rendered.one("command:remote:Command")
-    assert wait.inputs["connection"]["privateKey"] == key.read_text()
-    assert wait.is_secret("connection.privateKey")
+    commands = rendered.of_type("command:remote:Command")
+    assert sorted(c.name for c in commands) == ["vm-authorized-key", "vm-cloud-init"]
+    for c in commands:
+        assert c.inputs["connection"]["privateKey"] == key.read_text()
+        assert c.is_secret("connection.privateKey")
     assert str(key) in json.loads(rendered.one("pulumi:providers:docker").inputs["sshOpts"])
     for res in rendered.resources:
-        if res.name != wait.name:
+        if res not in commands:
             assert "abc\n-----END" not in repr(res.inputs)
     with pytest.raises(ConfigError, match="sshPrivateKeyPath: cannot read"):
         render("vm", overrides={"docker.vm.sshPrivateKeyPath": str(tmp_path / "missing")})
