@@ -34,7 +34,7 @@ from typing import Any
 import pulumi
 
 from components import contract
-from components.config import StackConfig, _image
+from components.config import StackConfig, _image, image_issues
 
 # The outputs a promoted-from stack must export (components/program.py exports both).
 REQUIRED_OUTPUTS = ("image", "contractVersion")
@@ -103,6 +103,14 @@ def resolve(cfg: StackConfig) -> Promotion:
             _image(str(dev_image))
         except ValueError as exc:
             raise PromotionError(f"stack {source!r} exports image {dev_image!r}: {exc}") from None
+        # A promoting stack is prod (config.is_prod): it runs pinned images only, dev's included.
+        unpinned, _ = image_issues(str(dev_image))
+        if unpinned and not (override and override.image):
+            raise PromotionError(
+                f"stack {source!r} exports image {dev_image!r}, which {unpinned}; a promoting stack deploys "
+                f"pinned images only: pin openhands:image in {source.rsplit('/', 1)[-1]} to a version tag or "
+                "a digest and deploy it first"
+            )
 
     problems = [f"{source!r} has no output {m!r}" for m in missing]  # only reached with an override
     if dev_contract is not None and dev_contract != contract.CONTRACT_VERSION:

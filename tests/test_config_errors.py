@@ -511,3 +511,11 @@ def test_reviewers_bad_input_through_the_check_command(name: str, capsys: pytest
     assert check.main(argv) == 2
     err = capsys.readouterr().err
     assert f"  - {key}" in err and words in err and "Traceback" not in err
+
+
+def test_prod_refuses_an_unpinned_image_promoted_from_dev() -> None:
+    outputs = {src: {**out, "image": "ghcr.io/openhands/agent-server:latest"}
+               for src, out in check._promoted_from("prod").items()}
+    with pytest.raises(pulumi.RunError, match="which uses the moving tag 'latest'; a promoting stack deploys pinned"):
+        r.render("prod", stack_outputs=outputs)
+    assert not any(x.type.startswith("kubernetes:") for x in r.last_resources)  # only the StackReference
