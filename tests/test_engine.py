@@ -1,0 +1,255 @@
+"""The real Pulumi engine (the CLI from ``scripts/engine``) running our program and the operator CLI.
+
+What runs for real here: the ``pulumi`` CLI 3.259.0, its file backend, the passphrase secrets
+provider, config handling against ``Pulumi.yaml``, stack state, StackReference reads, and our program
+as an inline Automation API program (the SDK serves the language runtime in-process).
+What cannot run here: any resource of a provider plugin (random, tls, command, kubernetes, docker,
+aws): the Go module proxy refuses the plugins' modules, so an ``up`` of a real stack ends at the
+first provider resource. Tests that need outputs seed them with an inline program that only exports
+values (``python -m tests.real_engine seed``) and say so.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components import contract
+
+pytest_plugins = ["tests.real_engine"]
+
+ROOT = Path(__file__).resolve().parent.parent
+STACKS = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+BAD_TENANT = "Bad_Name"
+BAD_MESSAGE = f"openhands:tenants[0]: '{BAD_TENANT}' is not a valid tenant name"
+
+
+def break_config(project, stack: str) -> None:
+    """Give the stack copy a tenant name the config rejects (the tracked files stay as they are)."""
+    path = project.stack_file(stack)
+    data = yaml.safe_load(path.read_text())
+    data["config"]["openhands:tenants"] = [BAD_TENANT]
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def assert_one_clear_message(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    text = proc.stdout + proc.stderr
+    assert "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment in text, text
+
+
+def test_stacks_are_all_found() -> None:
+    assert {"local", "k8s", "dev", "prod"} <= set(STACKS)
+
+
+# --------------------------------------------------------------------------- issue 11 #1: bad config
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_bad_config_fails_the_engine_preview_with_our_message_and_no_state(engine_project, stack: str) -> None:
+    """The real program under `pulumi preview` (no operator pre-check): non-zero, our message, zero resources."""
+    break_config(engine_project, stack)
+    proc = engine_project.helper("program-preview", stack)
+    assert proc.returncode != 0
+    assert_one_clear_message(proc, f"invalid configuration for stack '{stack}':", BAD_MESSAGE)
+    assert engine_project.resources(stack) == []
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_bad_config_stops_operator_preview_and_up_before_the_engine(engine_project, stack: str) -> None:
+    break_config(engine_project, stack)
+    before = engine_project.stack_file(stack).read_bytes()
+    for command in ("preview", "up"):
+        proc = engine_project.openhands(command, "-s", stack)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert proc.stderr.startswith(f"error: invalid configuration for stack '{stack}':\n  - {BAD_MESSAGE}")
+        assert proc.stderr.count(BAD_MESSAGE) == 1, proc.stderr
+        assert_one_clear_message(proc)
+    # `up` of a bad config records nothing, not even the root Stack resource.
+    assert engine_project.resources(stack) == []
+    assert engine_project.stack_file(stack).read_bytes() == before
+
+
+# --------------------------------------------------------------------------- operator CLI, real engine
+
+
+def test_first_run_creates_the_stack_backend_and_passphrase_without_editing_the_stack_file(engine_project) -> None:
+    tracked = engine_project.stack_file("k8s").read_bytes()
+    proc = engine_project.openhands("preview", "-s", "k8s")
+    # The program runs under the engine up to the first Kubernetes resource: no plugin here.
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "created stack 'k8s'" in proc.stdout
+    assert "would create       openhands:keys:TenantKeys" in proc.stdout  # streamed progress
+    assert_one_clear_message(
+        proc, "error: preview of stack 'k8s' failed:",
+        "no resource plugin 'pulumi-resource-", "pulumi plugin install resource ",
+    )
+    local = engine_project.dir / ".openhands-deploy"
+    passphrase = local / "passphrase"
+    assert stat.S_IMODE(passphrase.stat().st_mode) == 0o600
+    secret = passphrase.read_text()
+    stacks = json.loads(engine_project.pulumi("stack", "ls", "--json").stdout)
+    assert [s["name"] for s in stacks] == ["k8s"]
+    # `pulumi stack init` would have appended `encryptionsalt:`; the tracked file is byte-identical.
+    assert engine_project.stack_file("k8s").read_bytes() == tracked
+    assert "encryptionsalt" in (local / "config" / "Pulumi.k8s.yaml").read_text()
+
+    again = engine_project.openhands("preview", "-s", "k8s")
+    assert again.returncode == 1 and "created stack" not in again.stdout
+    assert passphrase.read_text() == secret
+    assert engine_project.stack_file("k8s").read_bytes() == tracked
+
+
+def test_users_passphrase_env_is_used_and_a_wrong_one_is_one_message(engine_project) -> None:
+    engine_project.env["PULUMI_CONFIG_PASSPHRASE"] = "first"
+    seeded = engine_project.helper("seed", "local", json.dumps({"url": {"default": "https://default.localhost:8443"},
+                                                               "apiKey": {"default": "k" * 48}}))
+    assert seeded.returncode == 0, seeded.stdout + seeded.stderr
+    assert not (engine_project.dir / ".openhands-deploy" / "passphrase").exists()
+    engine_project.env["PULUMI_CONFIG_PASSPHRASE"] = "second"
+    proc = engine_project.openhands("connect", "-s", "local", "--show-secrets")
+    assert proc.returncode == 1
+    assert_one_clear_message(proc, "incorrect passphrase", "set PULUMI_CONFIG_PASSPHRASE(_FILE)")
+
+
+def test_rotate_raises_keys_rotation_by_one_then_runs_up(engine_project) -> None:
+    for expected in (1, 2):
+        proc = engine_project.openhands("rotate", "-s", "local")
+        assert f"keys.rotation: {expected - 1} -> {expected} (in Pulumi.local.yaml)" in proc.stdout
+        # ... then `up` runs the program and stops at the Docker provider (no plugin here).
+        assert proc.returncode == 1
+        assert_one_clear_message(proc, "error: up of stack 'local' failed:", "pulumi-resource-docker")
+        got = engine_project.pulumi("config", "get", "--path", "openhands:keys.rotation", "--stack", "local")
+        assert got.stdout.strip() == str(expected)
+    assert yaml.safe_load(engine_project.stack_file("local").read_text())["config"]["openhands:keys"] == {
+        "rotation": 2}
+
+
+SEEDED = {
+    "model": "docker",
+    "url": {"default": "https://default.localhost:8443", "bob": "https://bob.localhost:8443"},
+    "apiKey": {"default": "d" * 48, "bob": "b" * 48},
+    "secretKeys": {"default": ["s" * 48], "bob": ["t" * 48]},
+    "localCaRoot": "Caddy's internal root CA, to trust once: docker cp "
+                   "openhands-local-proxy:/data/caddy/pki/authorities/local/root.crt .",
+}
+
+
+def seed(project, stack: str, outputs: dict) -> None:
+    """Stack outputs from an inline program that only exports them (no provider plugin needed)."""
+    proc = project.helper("seed", stack, json.dumps(outputs))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_connect_prints_canvas_values_from_the_stack_outputs(engine_project) -> None:
+    seed(engine_project, "local", SEEDED)
+    hidden = engine_project.openhands("connect")
+    assert hidden.returncode == 0, hidden.stderr
+    assert "Host:    https://bob.localhost:8443" in hidden.stdout
+    assert "d" * 48 not in hidden.stdout and "(hidden: add --show-secrets)" in hidden.stdout
+    assert "docker cp openhands-local-proxy:/data/caddy/pki/authorities/local/root.crt" in hidden.stdout
+    assert "127.0.0.1 bob.localhost default.localhost" in hidden.stdout
+    shown = engine_project.openhands("connect", "default", "--show-secrets")
+    assert f"API Key: {'d' * 48}" in shown.stdout and "b" * 48 not in shown.stdout
+    missing = engine_project.openhands("connect", "carol")
+    assert missing.returncode == 2
+    assert missing.stderr == "error: no tenant 'carol' in stack 'local'; its tenants: bob, default\n"
+
+
+def test_status_runs_the_smoke_check_against_the_real_agent_server(engine_project, start_agent_server) -> None:
+    key = "status-key-0123456789abcdef0123456789"
+    keys = contract.KeyValues(session_keys=(key,), secret_key="status-secret-0123456789abcdef")
+    server = start_agent_server({**contract.container_env(), **contract.secret_env(keys)}, contract.args())
+    seed(engine_project, "local", {"url": {"default": server.url, "wrong": server.url},
+                                   "apiKey": {"default": key, "wrong": "not-the-key-0123456789"}})
+    proc = engine_project.openhands("status", "--timeout", "30")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "[PASS] tenant default" in proc.stdout
+    assert "FAILED: 1 of 2 tenant(s): wrong (api-key, websocket)" in proc.stdout
+
+
+def test_down_keeps_data_saves_the_keys_and_empties_the_state(engine_project) -> None:
+    seed(engine_project, "local", SEEDED)
+    assert engine_project.resources("local") != []
+    proc = engine_project.openhands("down")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    saved = engine_project.dir / ".openhands-deploy" / "local" / "secret-keys.json"
+    assert f"its data volumes are kept, and the keys that decrypt them are saved in {saved} (mode 0600)" in proc.stdout
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert json.loads(saved.read_text()) == SEEDED["secretKeys"]
+    assert engine_project.resources("local") == []
+
+
+def test_down_delete_data_needs_confirmation(engine_project) -> None:
+    seed(engine_project, "local", SEEDED)
+    proc = engine_project.openhands("down", "--delete-data", input="")
+    assert proc.returncode == 2
+    assert proc.stderr == "error: --delete-data deletes every tenant's data for good: confirm with --yes\n"
+    assert engine_project.resources("local") != []  # nothing was changed
+
+
+def test_down_refuses_a_stack_whose_config_deletes_data(engine_project) -> None:
+    seed(engine_project, "dev", {"url": {"alpha": "https://alpha.dev.agents.example.com"}})
+    proc = engine_project.openhands("down", "-s", "dev")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: stack 'dev' sets retainData: false, so `down` would delete its data")
+    assert engine_project.resources("dev") != []
+
+
+# --------------------------------------------------------------------------- issue 11 #3 (the parts that run)
+
+
+def test_prod_reads_dev_through_a_real_stack_reference(engine_project) -> None:
+    """A stand-in dev (exports only image and contractVersion), prod's preview reads it for real."""
+    image = "ghcr.io/openhands/agent-server:1.58.0-python"
+    seed(engine_project, "dev", {"image": image, "contractVersion": "999"})
+    mismatch = engine_project.openhands("preview", "-s", "prod")
+    assert mismatch.returncode == 1
+    assert_one_clear_message(mismatch, "runtime contract mismatch: 'organization/openhands/dev' ran contract "
+                                       "version 999")
+    assert engine_project.resources("prod") == []
+
+    seed(engine_project, "dev", {"image": image, "contractVersion": contract.CONTRACT_VERSION})
+    read = engine_project.openhands("preview", "-s", "prod")
+    # The promotion passes; prod's preview then needs the Kubernetes plugin, which cannot be built here.
+    assert read.returncode == 1
+    assert "would read         pulumi:pulumi:StackReference organization/openhands/dev" in read.stdout
+    assert "mismatch" not in read.stderr
+    assert_one_clear_message(read, "pulumi-resource-kubernetes")
+
+
+# --------------------------------------------------------------------------- issue 14: the README's quickstart
+
+
+def quickstart_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block, "the quickstart has a bash block"
+    return [ln.split("#", 1)[0].strip() for ln in block.group(1).splitlines() if ln.split("#", 1)[0].strip()]
+
+
+def test_quickstart_is_the_two_commands() -> None:
+    assert quickstart_commands() == ["uv run openhands up", "scripts/test"]
+
+
+def test_quickstart_main_command_runs_as_written(engine_project) -> None:
+    """`uv run openhands up` as written: here it runs the real engine up to the Docker provider plugin,
+    which cannot be built offline (a user's `pulumi` downloads it), so the test expects exactly that stop."""
+    command = quickstart_commands()[0]
+    uv = shutil.which("uv")
+    assert uv, "uv is a prerequisite"
+    proc = subprocess.run(command, shell=True, cwd=ROOT, env=engine_project.env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "created stack 'local'" in proc.stdout
+    assert_one_clear_message(proc, "error: up of stack 'local' failed:",
+                             "no resource plugin 'pulumi-resource-docker' found")
