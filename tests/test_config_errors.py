@@ -102,7 +102,7 @@ def test_ssh_private_key_must_be_a_key_file_only_its_owner_reads(tmp_path: Path)
     # The good case: mode 600 renders, and the key reaches the SSH connection as a secret.
     key.chmod(0o600)
     rendered = r.render("vm", overrides=vm_stack(sshPrivateKeyPath=str(key)))
-    ready = rendered.one("command:remote:Command")
+    ready = rendered.one("command:remote:Command", "vm-cloud-init")
     assert ready.inputs["connection"]["privateKey"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
     assert ready.is_secret("connection.privateKey") or ready.is_secret("connection")
 
