@@ -84,7 +84,10 @@ def _tenant(value: str) -> str:
 def _domain(value: str) -> str:
     value = value.lower().rstrip(".")
     if not _DOMAIN_RE.match(value):
-        raise ValueError(f"{value!r} is not a valid DNS domain")
+        raise ValueError(
+            f"{value!r} is not a DNS domain: dot-separated labels of lowercase letters, digits and '-', "
+            "e.g. agents.example.com"
+        )
     return value
 
 
@@ -117,8 +120,11 @@ def image_issues(ref: str) -> tuple[str | None, str | None]:
     unpinned = None
     if digest is None and tag is None:
         unpinned = "has no tag, so it means ':latest', which moves"
-    elif digest is None and tag == "latest":
-        unpinned = "uses the moving tag 'latest'"
+    elif digest is None and tag.lower() == "latest":
+        unpinned = f"uses the moving tag {tag!r}"
+    elif digest is None and not any(ch.isdigit() for ch in tag):
+        # The policy pack's image-pinned rule too: a tag without a version (main, stable) moves.
+        unpinned = f"uses the tag {tag!r}, which names no version and moves"
     bare = None
     if registry is None:
         full = f"docker.io/{repo if '/' in repo else 'library/' + repo}"

@@ -519,3 +519,15 @@ def test_prod_refuses_an_unpinned_image_promoted_from_dev() -> None:
     with pytest.raises(pulumi.RunError, match="which uses the moving tag 'latest'; a promoting stack deploys pinned"):
         r.render("prod", stack_outputs=outputs)
     assert not any(x.type.startswith("kubernetes:") for x in r.last_resources)  # only the StackReference
+
+
+@pytest.mark.parametrize(("ref", "why"), [
+    ("ghcr.io/openhands/agent-server", "has no tag"),
+    ("ghcr.io/openhands/agent-server:latest", "moving tag 'latest'"),
+    ("ghcr.io/openhands/agent-server:main", "names no version"),
+])
+def test_unpinned_means_what_the_policy_pack_means(ref: str, why: str) -> None:
+    policies = check.load_policies()
+    unpinned, _ = c.image_issues(ref)
+    assert unpinned and why in unpinned
+    assert not policies.image_pinned(ref)
