@@ -325,9 +325,11 @@ def _problem(node: yaml.Node, text: str) -> yaml.constructor.ConstructorError:
 
 
 def _mapping(loader: StackLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
+    # Only keys written in this mapping count: one that overrides a merged (<<: *anchor) key is fine.
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=True)
         try:
             first = seen.get(key)
@@ -336,6 +338,7 @@ def _mapping(loader: StackLoader, node: yaml.MappingNode, deep: bool = False) ->
         if first is not None:
             raise _problem(key_node, f"duplicate key {key!r} (first at line {first}); keep one")
         seen[key] = key_node.start_mark.line + 1
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 

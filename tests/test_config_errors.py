@@ -531,3 +531,25 @@ def test_unpinned_means_what_the_policy_pack_means(ref: str, why: str) -> None:
     unpinned, _ = c.image_issues(ref)
     assert unpinned and why in unpinned
     assert not policies.image_pinned(ref)
+
+
+def test_what_the_strict_loader_still_accepts(tmp_path: Path) -> None:
+    """Quoted words, plain decimals, true/false, dates (kept as text) and overriding a merged key."""
+    path = tmp_path / "Pulumi.fine.yaml"
+    path.write_text(
+        "config:\n"
+        "  aws:region: us-east-1\n"
+        "  openhands:model: docker\n"
+        "  openhands:retainData: false\n"
+        "  openhands:tenants: ['no', yes-team]\n"
+        "  openhands:resources: {cpu: 0.5, memory: 1024}\n"
+        "  openhands:x-defaults: &ports {httpsPort: 8443, httpPort: 8080}\n"
+        "  openhands:docker:\n"
+        "    <<: *ports\n"
+        "    httpsPort: 9443\n"
+        "  openhands:note: 2026-01-01\n"
+    )
+    cfg = r.load_stack_config("fine", path)
+    assert cfg["openhands:tenants"] == ["no", "yes-team"] and cfg["openhands:retainData"] is False
+    assert cfg["openhands:docker"] == {"httpsPort": 9443, "httpPort": 8080}
+    assert cfg["openhands:note"] == "2026-01-01"
