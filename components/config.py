@@ -400,6 +400,12 @@ class VmSettings(Settings):
                 )
         return cidrs
 
+    @field_validator("ssh_public_key", mode="before")
+    @classmethod
+    def _one_line(cls, value: Any) -> Any:
+        # `pulumi config set ... < ~/.ssh/id_ed25519.pub` keeps the file's final newline.
+        return value.strip() if isinstance(value, str) else value
+
     @field_validator("instance_type")
     @classmethod
     def _known_type(cls, value: str) -> str:

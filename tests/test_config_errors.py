@@ -553,3 +553,11 @@ def test_what_the_strict_loader_still_accepts(tmp_path: Path) -> None:
     assert cfg["openhands:tenants"] == ["no", "yes-team"] and cfg["openhands:retainData"] is False
     assert cfg["openhands:docker"] == {"httpsPort": 9443, "httpPort": 8080}
     assert cfg["openhands:note"] == "2026-01-01"
+
+
+def test_ssh_public_key_read_from_a_file_keeps_working() -> None:
+    key = r.load_stack_config("vm")["openhands:docker"]["vm"]["sshPublicKey"]
+    rendered = r.render("vm", overrides={"docker.vm.sshPublicKey": key + "\n"})
+    assert rendered.one("aws:ec2/keyPair:KeyPair").inputs["publicKey"] == key
+    line = one_problem(fails("vm", overrides={"docker.vm.sshPublicKey": key + "\nssh-rsa AAAB other"}))
+    assert "openhands:docker.vm.sshPublicKey: must be an OpenSSH public key line" in line
