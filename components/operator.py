@@ -260,8 +260,11 @@ def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout) -> Se
         work_dir=str(s.project), program=program, env_vars=dict(s.env), secrets_provider="passphrase",
         pulumi_command=command,
     )
-    names = {st.name.rsplit("/", 1)[-1] for st in _engine(lambda: ws.list_stacks(), "list the stacks")}
-    if name not in names:
+    try:
+        stack = auto.Stack.select(name, ws)
+    except auto.errors.StackNotFoundError:
+        # `stack init` here would append `encryptionsalt:` to stacks/Pulumi.<stack>.yaml: init from a
+        # scratch copy of the project instead; the salt is also kept in the backend's checkpoint.
         with tempfile.TemporaryDirectory(prefix="openhands-init-") as scratch:
             init_ws = auto.LocalWorkspace(
                 work_dir=scratch, env_vars=dict(s.env), secrets_provider="passphrase", pulumi_command=command,
@@ -269,7 +272,9 @@ def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout) -> Se
             )
             _engine(lambda: init_ws.create_stack(name), f"create stack {name!r}")
         print(f"created stack {name!r}", file=out)
-    stack = _engine(lambda: auto.Stack.select(name, ws), f"select stack {name!r}")
+        stack = _engine(lambda: auto.Stack.select(name, ws), f"select stack {name!r}")
+    except auto.errors.CommandError as exc:
+        raise OperatorError(f"could not select stack {name!r}: {engine_message(str(exc))}", EXIT_FAILED) from None
     return Session(name, s, stack, program, out)
 
 

@@ -195,6 +195,15 @@ def test_down_delete_data_needs_confirmation(engine_project) -> None:
     assert proc.stderr == "error: --delete-data deletes every tenant's data for good: confirm with --yes\n"
     assert engine_project.resources("local") != []  # nothing was changed
 
+    tracked = engine_project.stack_file("local").read_bytes()
+    confirmed = engine_project.openhands("down", "--delete-data", "--yes")
+    # First an `up` with retainData false for this run only; it stops at the Docker plugin here.
+    assert confirmed.returncode == 1
+    assert_one_clear_message(confirmed, "error: up of stack 'local' failed:", "pulumi-resource-docker")
+    generated = yaml.safe_load((engine_project.dir / ".openhands-deploy" / "config" / "Pulumi.local.yaml").read_text())
+    assert generated["config"]["openhands:retainData"] is False
+    assert engine_project.stack_file("local").read_bytes() == tracked
+
 
 def test_down_refuses_a_stack_whose_config_deletes_data(engine_project) -> None:
     seed(engine_project, "dev", {"url": {"alpha": "https://alpha.dev.agents.example.com"}})
