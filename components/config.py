@@ -1019,12 +1019,25 @@ SECRET_FIELDS = ("tenantKeys",)
 # --------------------------------------------------------------------------- loading
 
 
+def namespace_typos(keys: Any) -> list[str]:
+    """Config keys whose namespace looks like a misspelt ``openhands`` (they would be silently ignored)."""
+    out = []
+    for key in keys:
+        ns, _, name = str(key).partition(":")
+        if ns != NAMESPACE and difflib.SequenceMatcher(None, ns.lower(), NAMESPACE).ratio() >= 0.8:
+            out.append(f"{key}: unknown namespace {ns!r} (did you mean {NAMESPACE}:{name}?)")
+    return out
+
+
 def _raw() -> tuple[dict[str, Any], set[str]]:
     """All ``openhands:*`` config (as Pulumi hands it to the program) and the secret keys."""
     from pulumi.runtime import config as rc
 
     merged: dict[str, Any] = {**rc.get_config_env(), **rc.CONFIG.get()}
     secret = set(rc._SECRET_KEYS.get()) | set(rc.get_config_secret_keys_env())
+    typos = namespace_typos(merged)
+    if typos:
+        raise ConfigError("invalid configuration:\n" + "\n".join(f"  - {t}" for t in typos))
     prefix = NAMESPACE + ":"
     values = {k[len(prefix) :]: v for k, v in merged.items() if k.startswith(prefix)}
     return values, {k[len(prefix) :] for k in secret if k.startswith(prefix)}

@@ -399,7 +399,7 @@ STACK_FILE_KEYS = ("config", "environment", "secretsprovider", "encryptedkey", "
 def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
     """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``),
     keys as written (``openhands:model``). Raises FileNotFoundError, or ConfigError naming the file."""
-    from components.config import ConfigError
+    from components.config import ConfigError, namespace_typos
 
     path = path or stack_file(stack)
     if not path.exists():
@@ -443,6 +443,9 @@ def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
                 f"stack file {path}: config key {key!r} needs its namespace, e.g. {NAMESPACE}:{key} "
                 "(or aws:region for a provider)"
             )
+    typos = namespace_typos(config)
+    if typos:
+        raise ConfigError(f"stack file {path}: {typos[0]}")
     return dict(config)
 
 

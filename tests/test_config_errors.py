@@ -140,6 +140,8 @@ YAML_CASES = {
     "config a list": ("config:\n  - openhands:model: docker\n", "`config` is a list, not a mapping"),
     "top-level typo": ("confg:\n  openhands:model: docker\n", "unknown top-level key 'confg' (did you mean 'config'?)"),
     "key without namespace": ("config:\n  model: docker\n", "config key 'model' needs its namespace"),
+    "namespace typo": ("config:\n  openhand:model: docker\n",
+                       "openhand:model: unknown namespace 'openhand' (did you mean openhands:model?)"),
     "duplicate key": (
         "config:\n  openhands:model: docker\n  openhands:tenants: [a]\n  openhands:model: ecs\n",
         "line 4, column 3: duplicate key 'openhands:model' (first at line 2)",
@@ -561,3 +563,9 @@ def test_ssh_public_key_read_from_a_file_keeps_working() -> None:
     assert rendered.one("aws:ec2/keyPair:KeyPair").inputs["publicKey"] == key
     line = one_problem(fails("vm", overrides={"docker.vm.sshPublicKey": key + "\nssh-rsa AAAB other"}))
     assert "openhands:docker.vm.sshPublicKey: must be an OpenSSH public key line" in line
+
+
+def test_a_misspelt_namespace_is_not_silently_ignored() -> None:
+    with pytest.raises(ConfigError, match=r"OpenHands:tenants: unknown namespace 'OpenHands' \(did you mean"):
+        r.render("local", overrides={"OpenHands:tenants": ["a"]})
+    assert r.last_resources == []
