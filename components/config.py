@@ -139,6 +139,16 @@ def _cidr(value: str) -> str:
         raise ValueError(f"{value!r} is not a CIDR block ({exc})") from None
 
 
+def _bind_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an IP address of this host; use e.g. 127.0.0.1 (this machine only), "
+            "192.168.1.20 (one LAN interface) or 0.0.0.0 (every interface)"
+        ) from None
+
+
 def _not_blank(reason: str) -> Any:
     """A validator refusing an empty or whitespace secret, with the reason that matters for this value."""
 
@@ -169,6 +179,7 @@ TenantName = Annotated[str, AfterValidator(_tenant)]
 Domain = Annotated[str, AfterValidator(_domain)]
 ImageRef = Annotated[str, AfterValidator(_image)]
 Cidr = Annotated[str, AfterValidator(_cidr)]
+BindAddress = Annotated[str, AfterValidator(_bind_address)]
 # A supplied session or secret key: never empty, never short.
 SuppliedKey = Annotated[
     SecretStr, _not_blank("an empty key disables authentication or encryption"), AfterValidator(_strong_key)
@@ -474,6 +485,9 @@ class DockerSettings(Settings):
     )
     https_port: int = Field(443, ge=1, le=65535)
     http_port: int = Field(80, ge=1, le=65535)
+    # The host address the proxy publishes on. Unset: loopback for a local engine (nothing on
+    # the LAN), every interface on a VM (its security group is the filter).
+    bind_address: BindAddress | None = None
     # Written out in full: a bare "caddy:2.10.2" silently means Docker Hub (and is warned about).
     caddy_image: ImageRef = "docker.io/library/caddy:2.10.2"
     vm: VmSettings | None = None
@@ -553,6 +567,13 @@ class DockerSettings(Settings):
                     "(remove 'host' to use DOCKER_HOST or the default socket)"
                 )
         return problems
+
+    @property
+    def publish_address(self) -> str:
+        """Where the proxy's ports are published on the engine's host."""
+        if self.bind_address:
+            return self.bind_address
+        return "0.0.0.0" if self.engine == "vm" else "127.0.0.1"
 
 
 # --------------------------------------------------------------------------- kubernetes

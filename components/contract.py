@@ -55,6 +55,14 @@ STATE_ENV: dict[str, str] = {
     "OH_PERSISTENCE_DIR": f"{DATA_DIR}/.openhands",
     "OH_WORKSPACE_PATH": f"{DATA_DIR}/project",
     "OH_BASH_EVENTS_DIR": f"{DATA_DIR}/bash_events",
+    # The server's default is /tmp/conversation-worktrees. A conversation started with
+    # `worktree: true` on a git workspace (and every child conversation, whose isolation
+    # defaults to "worktree") gets a git worktree at <root>/<conversation id>/<repo name>,
+    # on branch openhands/<id>, and that worktree IS its working directory: the agent's
+    # uncommitted edits live there. Under /tmp a restart loses them and leaves the stored
+    # conversation pointing at a missing directory (observed on 1.58.0). Outside
+    # OH_WORKSPACE_PATH, so worktrees never show up as untracked files of the repo.
+    "OH_CONVERSATION_WORKTREE_ROOT": f"{DATA_DIR}/conversation-worktrees",
 }
 
 # Writable but disposable: the PyInstaller binary unpacks into /tmp at each start,
@@ -189,6 +197,12 @@ def container_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             raise ValueError(f"{key} is owned by the runtime contract and cannot be overridden")
     env.update(extra or {})
     return env
+
+# How long a runtime waits after SIGTERM before SIGKILL. On SIGTERM the server exits in
+# 0.6-1.5 s and deletes its conversation leases; a SIGKILLed server leaves them behind, and a
+# replacement with a new hostname answers 404 "Conversation not found" until the lease
+# expires (45 s). 10 s is Docker's own default stop timeout.
+STOP_GRACE_SECONDS = 10
 
 
 def map_paths(env: Mapping[str, str], mapping: Mapping[str, str]) -> dict[str, str]:
