@@ -17,6 +17,30 @@ KEY_PATH = "/etc/caddy/tls/key.pem"
 DATA_DIR = "/data"  # the official image's XDG_DATA_HOME: certificates, ACME account, internal CA
 
 
+# Browsers cannot set headers on a WebSocket, so they authenticate with ?session_api_key=
+# in the URL; other clients send the X-Session-API-Key header. Neither may reach a log:
+# every log entry that carries the request (access logs, and the error logs reverse_proxy
+# writes while an upstream is down, e.g. during a key rotation) goes through this filter.
+SESSION_KEY_QUERY = "session_api_key"
+SESSION_KEY_HEADER = "X-Session-Api-Key"  # as Go canonicalises contract.AUTH_HEADER
+
+
+def _log_filter(wrap: str, indent: str) -> list[str]:
+    """A ``format filter`` block (Caddy >= 2.5 syntax, still accepted by 2.10)."""
+    body = [
+        "format filter {",
+        f"\twrap {wrap}",
+        "\tfields {",
+        "\t\trequest>uri query {",
+        f"\t\t\tdelete {SESSION_KEY_QUERY}",
+        "\t\t}",
+        f"\t\trequest>headers>{SESSION_KEY_HEADER} delete",
+        "\t}",
+        "}",
+    ]
+    return [indent + line for line in body]
+
+
 def caddyfile(
     sites: Mapping[str, str],
     *,
@@ -36,6 +60,8 @@ def caddyfile(
     if tls == "internal":
         # Never touch the host's trust store; clients trust the exported root instead.
         glob.append("\tskip_install_trust")
+    # Caddy's own log (errors included) with the session key scrubbed.
+    glob += ["\tlog default {", *_log_filter("console", "\t\t"), "\t}"]
     out = ["# Rendered by openhands-deploy from the stack config. Edits are overwritten.", "{", *glob, "}", ""]
     public_port = "" if https_port == 443 else f":{https_port}"
     for host, upstream in sites.items():
@@ -47,6 +73,8 @@ def caddyfile(
             out.append("\ttls internal")
         elif tls == "selfsigned":
             out.append(f"\ttls {cert_path} {key_path}")
+        # Access log (JSON, to the container's log) without the session key.
+        out += ["\tlog {", *_log_filter("json", "\t\t"), "\t}"]
         out += [
             f"\treverse_proxy {upstream} {{",
             # Stream responses and events as they come instead of buffering them.

@@ -20,24 +20,42 @@ from components.program import Deployment
 
 ROLE_LABEL = "dev.openhands.role"
 TENANT_LABEL = "dev.openhands.tenant"
+STACK_LABEL = "dev.openhands.stack"  # <project>/<stack>: which deployment a container or network belongs to
+
+
+def name_prefix() -> str:
+    """The prefix of every engine-global name (containers, networks, volumes): project AND stack,
+    so two stacks, or two projects, on one engine never share a name. The default project
+    (``openhands``) keeps the names of earlier releases: ``openhands-<stack>-...``."""
+    return contract.global_name(pulumi.get_project(), pulumi.get_stack())
 
 
 def _labels(role: str, tenant: str | None = None) -> list[docker.ContainerLabelArgs]:
-    labels = [docker.ContainerLabelArgs(label=ROLE_LABEL, value=role)]
+    labels = [
+        docker.ContainerLabelArgs(label=ROLE_LABEL, value=role),
+        docker.ContainerLabelArgs(label=STACK_LABEL, value=f"{pulumi.get_project()}/{pulumi.get_stack()}"),
+    ]
     if tenant:
         labels.append(docker.ContainerLabelArgs(label=TENANT_LABEL, value=tenant))
     return labels
 
 
+# The oldest Docker Engine API the rendered containers need (Docker 20.10, Debian 12's docker.io).
+# Fields of newer APIs are left out: the provider's client refuses to create a container that
+# sets one on an older engine (e.g. healthcheck start_interval needs 1.44, Docker 25).
+MIN_ENGINE_API = "1.41"
+
+
 def healthcheck() -> docker.ContainerHealthcheckArgs:
-    """The contract's readiness check, run inside the container by the engine."""
+    """The contract's readiness check, run inside the container by the engine.
+
+    No ``start_interval`` (API 1.44): the first check runs one interval after start."""
     return docker.ContainerHealthcheckArgs(
         tests=list(contract.HEALTHCHECK_COMMAND),
         interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
         timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
         retries=contract.HEALTHCHECK_RETRIES,
         start_period=f"{contract.STARTUP_BUDGET_SECONDS}s",
-        start_interval="2s",
     )
 
 
@@ -47,8 +65,13 @@ def upstream(tenant: str) -> str:
 
 
 class AgentServer(pulumi.ComponentResource):
-    """One tenant's agent server: a state volume and a container on the private network."""
+    """One tenant's agent server: its own network, a state volume and a container.
 
+    The network holds this tenant's server and the proxy only, so no tenant can reach another
+    tenant's server on any port; it is not ``internal``, so the server keeps outbound access
+    (model APIs, git) through the bridge's NAT."""
+
+    network: docker.Network
     volume: docker.Volume
     container: docker.Container
 
@@ -57,21 +80,29 @@ class AgentServer(pulumi.ComponentResource):
         tenant: str,
         *,
         image: pulumi.Input[str],
-        network: docker.Network,
         keys: TenantKeys,
         cfg: StackConfig,
         volume_driver_opts: Mapping[str, pulumi.Input[str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("openhands:docker:AgentServer", tenant, None, opts)
-        stack = pulumi.get_stack()
+        prefix = name_prefix()
         child = pulumi.ResourceOptions(parent=self)
 
+        self.network = docker.Network(
+            f"{tenant}-network",
+            name=f"{prefix}-{tenant}-net",
+            labels=[
+                docker.NetworkLabelArgs(label=TENANT_LABEL, value=tenant),
+                docker.NetworkLabelArgs(label=STACK_LABEL, value=f"{pulumi.get_project()}/{pulumi.get_stack()}"),
+            ],
+            opts=child,
+        )
         # The only copy of this tenant's conversations and secrets: kept on destroy
         # unless the stack opts out with retainData: false.
         self.volume = docker.Volume(
             f"{tenant}-state",
-            name=f"openhands-{stack}-{tenant}-state",
+            name=f"{prefix}-{tenant}-state",
             driver_opts=dict(volume_driver_opts) if volume_driver_opts else None,
             labels=[docker.VolumeLabelArgs(label=TENANT_LABEL, value=tenant)],
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
@@ -82,7 +113,7 @@ class AgentServer(pulumi.ComponentResource):
         )
         self.container = docker.Container(
             f"{tenant}-agent-server",
-            name=f"openhands-{stack}-{tenant}",
+            name=f"{prefix}-{tenant}",
             image=image,
             command=contract.args(),
             envs=envs,
@@ -90,7 +121,9 @@ class AgentServer(pulumi.ComponentResource):
             volumes=[
                 docker.ContainerVolumeArgs(volume_name=self.volume.name, container_path=contract.DATA_DIR)
             ],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name, aliases=[f"agent-{tenant}"])],
+            networks_advanced=[
+                docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[f"agent-{tenant}"])
+            ],
             healthcheck=healthcheck(),
             restart="unless-stopped",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
@@ -107,11 +140,16 @@ class AgentServer(pulumi.ComponentResource):
             # `pulumi up` waits for the healthcheck, so a broken rollout fails the update.
             wait=True,
             wait_timeout=contract.STARTUP_BUDGET_SECONDS + 60,
+            # Without it the provider force-removes (SIGKILL): the server keeps its conversation
+            # leases and the replacement of a key rotation answers 404 until they expire.
+            destroy_grace_seconds=contract.STOP_GRACE_SECONDS,
             # The engine strips secretness from inputs before policies see them; declaring the
             # env a secret output keeps it encrypted in state and tells the policy pack so.
             opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True, additional_secret_outputs=["envs"])),
         )
-        self.register_outputs({"container": self.container.name, "volume": self.volume.name})
+        self.register_outputs(
+            {"container": self.container.name, "volume": self.volume.name, "network": self.network.name}
+        )
 
 
 class TlsProxy(pulumi.ComponentResource):
@@ -126,7 +164,7 @@ class TlsProxy(pulumi.ComponentResource):
         name: str,
         *,
         image: pulumi.Input[str],
-        network: docker.Network,
+        networks: Mapping[str, docker.Network],
         sites: Mapping[str, pulumi.Input[str]],
         cfg: StackConfig,
         tls_files: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
@@ -134,7 +172,7 @@ class TlsProxy(pulumi.ComponentResource):
     ) -> None:
         super().__init__("openhands:docker:TlsProxy", name, None, opts)
         settings = cfg.settings
-        stack = pulumi.get_stack()
+        prefix = name_prefix()
         child = pulumi.ResourceOptions(parent=self)
         tenants = list(sites)
         mode = settings.tls_mode
@@ -166,40 +204,47 @@ class TlsProxy(pulumi.ComponentResource):
         # re-issue certificates (Let's Encrypt rate limits) or change the local root.
         self.data = docker.Volume(
             f"{name}-data",
-            name=f"openhands-{stack}-caddy-data",
+            name=f"{prefix}-caddy-data",
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
         )
         self.container = docker.Container(
             f"{name}-caddy",
-            name=f"openhands-{stack}-proxy",
+            name=f"{prefix}-proxy",
             image=image,
             command=["caddy", "run", "--config", caddy.CONFIG_PATH, "--adapter", "caddyfile"],
             uploads=uploads,
             # Caddy listens on the published port numbers themselves, so its HTTP->HTTPS
             # redirect points at the port clients actually use.
+            # On loopback unless bindAddress says otherwise: a port without an ip is published
+            # on every interface of the host.
             ports=[
-                docker.ContainerPortArgs(internal=settings.https_port, external=settings.https_port),
-                docker.ContainerPortArgs(internal=settings.http_port, external=settings.http_port),
+                docker.ContainerPortArgs(
+                    internal=settings.https_port, external=settings.https_port, ip=settings.publish_address
+                ),
+                docker.ContainerPortArgs(
+                    internal=settings.http_port, external=settings.http_port, ip=settings.publish_address
+                ),
             ],
             volumes=[docker.ContainerVolumeArgs(volume_name=self.data.name, container_path=caddy.DATA_DIR)],
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=network.name)],
+            # On every tenant's network (and only there): the upstreams are the tenants' aliases.
+            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks[t].name) for t in tenants],
             restart="unless-stopped",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["NET_BIND_SERVICE"]),
             security_opts=["no-new-privileges"],
             log_driver="json-file",
             log_opts={"max-size": "10m", "max-file": "5"},
             labels=_labels("tls-proxy"),
+            destroy_grace_seconds=contract.STOP_GRACE_SECONDS,  # Caddy drains connections on SIGTERM
             opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
         self.register_outputs({"caddyfile": self.caddyfile})
 
 
 class DockerHost(pulumi.ComponentResource):
-    """All tenants on one Docker engine: a private network, the pinned images, one
-    agent server per tenant, and the TLS proxy. The engine comes from the provider
-    passed in ``opts`` (local socket, DOCKER_HOST URL, or ssh:// to a VM)."""
+    """All tenants on one Docker engine: the pinned images, one agent server per tenant (each
+    on its own network), and the TLS proxy on every tenant network. The engine comes from the
+    provider passed in ``opts`` (local socket, DOCKER_HOST URL, or ssh:// to a VM)."""
 
-    network: docker.Network
     image: docker.RemoteImage
     proxy_image: docker.RemoteImage
     servers: dict[str, AgentServer]
@@ -219,12 +264,8 @@ class DockerHost(pulumi.ComponentResource):
     ) -> None:
         super().__init__("openhands:docker:DockerHost", name, None, opts)
         settings = cfg.settings
-        stack = pulumi.get_stack()
         child = pulumi.ResourceOptions(parent=self)
 
-        # Internal network: agent servers get outbound access through the bridge's NAT,
-        # but no port of theirs is published; only the proxy is.
-        self.network = docker.Network(f"{name}-network", name=f"openhands-{stack}", opts=child)
         self.image = docker.RemoteImage(f"{name}-agent-image", name=cfg.image, keep_locally=True, opts=child)
         self.proxy_image = docker.RemoteImage(
             f"{name}-proxy-image", name=settings.caddy_image, keep_locally=True, opts=child
@@ -233,7 +274,6 @@ class DockerHost(pulumi.ComponentResource):
             t: AgentServer(
                 t,
                 image=self.image.image_id,
-                network=self.network,
                 keys=keys[t],
                 cfg=cfg,
                 volume_driver_opts=(volume_driver_opts or {}).get(t),
@@ -244,7 +284,7 @@ class DockerHost(pulumi.ComponentResource):
         self.proxy = TlsProxy(
             f"{name}-proxy",
             image=self.proxy_image.image_id,
-            network=self.network,
+            networks={t: s.network for t, s in self.servers.items()},
             sites=hosts,
             cfg=cfg,
             tls_files=tls_files,
@@ -270,6 +310,6 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
     if settings.tls_mode == "internal":
         exports["localCaRoot"] = (
             "Caddy's internal root CA, to trust once: docker cp "
-            f"openhands-{pulumi.get_stack()}-proxy:{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt ."
+            f"{name_prefix()}-proxy:{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt ."
         )
     return Deployment(resource=host, urls=host.urls, exports=exports)

@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import ssl
 import subprocess
 import sys
@@ -296,6 +297,23 @@ def run(
     return (0 if all(r.ok for r in reports) else 1), text, reports
 
 
+def resolve_localhost_to_loopback() -> None:
+    """Map ``*.localhost`` to loopback in this process, as browsers and curl do (RFC 6761):
+    Python's resolver asks DNS and fails, so the local stack's URLs would never connect.
+    SNI and the Host header keep the tenant's name."""
+    real = socket.getaddrinfo
+    if getattr(real, "_localhost_loopback", False):
+        return
+
+    def getaddrinfo(host, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if isinstance(host, str) and host.rstrip(".").lower().endswith(".localhost"):
+            host = "127.0.0.1"
+        return real(host, *args, **kwargs)
+
+    getaddrinfo._localhost_loopback = True  # type: ignore[attr-defined]
+    socket.getaddrinfo = getaddrinfo
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m components smoke",
@@ -312,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds the WebSocket must stay open after the auth frame (default %(default)g)")
     parser.add_argument("--tenant", action="append", help="check only this tenant (repeatable)")
     args = parser.parse_args(argv)
+    resolve_localhost_to_loopback()
     try:
         outputs = read_outputs(args.stack, args.outputs)
         code, text, reports = run(args.stack, outputs, timeout=args.timeout, ca_file=args.ca_file,

@@ -1,0 +1,275 @@
+"""The `local` stack on a real Docker engine: created, used, rotated, torn down and re-attached.
+
+What ``render("local")`` registers is applied by tests/docker_apply.py (pulumi-docker's
+behaviour through the Engine API) with the images of scripts/docker-images, under a unique
+stack name on free loopback ports. One three-tenant deployment is shared by the module, in
+the order a user lives through: up, use, restart/crash/recreate, rotate, destroy, re-apply.
+Without an engine or images: FAIL under CI=true, one skip reason elsewhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from components import contract
+from components.docker import MIN_ENGINE_API
+from tests import real_docker
+from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError
+from tests.real_docker import Deployment
+
+ROOT = Path(__file__).resolve().parent.parent
+TENANTS = ["alice", "bob", "carol"]
+SECRET = ("GITHUB_TOKEN", "ghp_state_survives_0123456789")
+
+
+@pytest.fixture(scope="module")
+def client():
+    c = real_docker.engine()
+    real_docker.images()
+    return c
+
+
+@pytest.fixture(scope="module")
+def dep(client, tmp_path_factory) -> Iterator[Deployment]:
+    d = real_docker.new_deployment(client, "real", TENANTS)
+    try:
+        d.up()
+        d.first_steps = list(d.last_steps)
+        d.fetch_ca(tmp_path_factory.mktemp("ca") / "root.crt")
+        for t in TENANTS:
+            d.wait_ready(t, budget=30)
+        yield d
+    finally:
+        if d.applier is not None:
+            try:
+                d.applier.destroy()
+            except Exception:  # noqa: BLE001 - the sweep below removes whatever is left
+                pass
+        real_docker.remove_stack(client, d.prefix)
+
+
+@pytest.fixture(scope="module")
+def stored(dep: Deployment) -> dict[str, str]:
+    """Per tenant: a secret stored through the API and the id of a conversation."""
+    ids = {}
+    for t in TENANTS:
+        key = dep.key(t)
+        status, body = dep.https(t, "/api/settings/secrets", key, method="PUT",
+                                 body={"name": SECRET[0], "value": f"{SECRET[1]}-{t}"})
+        assert status == 200, body
+        status, body = dep.https(
+            t, "/api/conversations", key, method="POST",
+            body={"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
+                  "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}},
+        )
+        assert status == 201, body[:500]
+        ids[t] = json.loads(body)["id"]
+    return ids
+
+
+def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_of=None) -> None:
+    """The secret and the conversation are served on the FIRST request (no retry loop)."""
+    for t in tenants:
+        key = (key_of or dep.key)(t)
+        assert dep.https(t, f"/api/settings/secrets/{SECRET[0]}", key) == (200, f"{SECRET[1]}-{t}")
+        status, body = dep.https(t, f"/api/conversations/{stored[t]}", key)
+        assert status == 200, f"{t}: conversation {stored[t]} -> {status} {body[:200]}"
+
+
+# ----------------------------------------------------------------- 1. up, 5. engine, 6. publishing
+
+
+def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
+    # The client negotiated the engine's API, the README's minimum: nothing rendered needs more.
+    assert client.api.api_version == MIN_ENGINE_API == "1.41"
+    assert client.version()["ApiVersion"] == "1.41"
+    created = {(s.type, s.name) for s in dep.first_steps if s.op == "create"}
+    assert {(CONTAINER, f"{t}-agent-server") for t in TENANTS} <= created
+    for t in TENANTS:
+        info = dep.container(t)
+        assert info["State"]["Health"]["Status"] == "healthy", t
+        assert info["Config"]["User"] == f"{contract.UID}:{contract.GID}"
+        assert info["Config"]["Image"].startswith("sha256:")
+        assert info["HostConfig"]["CapDrop"] == ["ALL"]
+        assert "StartInterval" not in (info["Config"]["Healthcheck"] or {}) or not info["Config"]["Healthcheck"][
+            "StartInterval"]
+    # The server runs the image's own entrypoint as uid 10001.
+    code, out = dep.exec("alice", f"id -u; test -x {contract.SERVER_BINARY} && echo binary; ls -ld /workspace")
+    assert code == 0 and out.split()[0] == str(contract.UID) and "binary" in out, out
+
+
+def test_start_interval_is_refused_by_a_1_41_engine(client, dep: Deployment):
+    # What the model rendered before this fix: the provider's client refuses the container.
+    res = dep.rendered.one(CONTAINER, "alice-agent-server")
+    bad = copy.deepcopy(res)
+    bad.inputs["healthcheck"]["startInterval"] = "2s"
+    bad.inputs["name"] = f"{dep.prefix}-startinterval"
+    applier = dep.applier
+    with pytest.raises(ApplyError, match="requires API version 1.44, but the Docker daemon API version is 1.41"):
+        applier._create(bad, applier._resolve(bad), set())  # noqa: SLF001
+    assert not client.api.containers(all=True, filters={"name": f"{dep.prefix}-startinterval"})
+
+
+def test_proxy_publishes_on_loopback_only(client, dep: Deployment):
+    bindings = client.api.inspect_container(dep.proxy)["HostConfig"]["PortBindings"]
+    assert {b["HostIp"] for v in bindings.values() for b in v} == {"127.0.0.1"}
+    # Not reachable on the machine's other addresses.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("192.0.2.1", 9))  # no packet sent: picks the outbound interface address
+        lan_ip = s.getsockname()[0]
+    assert lan_ip != "127.0.0.1"
+    with pytest.raises(OSError):
+        socket.create_connection((lan_ip, dep.https_port), timeout=3).close()
+    socket.create_connection(("127.0.0.1", dep.https_port), timeout=3).close()
+
+
+# ----------------------------------------------------------------- 2. through Caddy, with its CA
+
+
+def test_through_caddy_with_its_own_ca(dep: Deployment):
+    for t in TENANTS:
+        assert dep.https(t, contract.READINESS_PROBE.path) == (200, '{"status":"ready"}')
+        assert dep.https(t, contract.AUTH_CHECK_PATH)[0] == 401
+        assert dep.https(t, contract.AUTH_CHECK_PATH, dep.key(t))[0] == 200
+        status, location = real_docker.http_redirect(dep.host(t), dep.http_port, "/ready?x=1")
+        assert (status, location) == (308, f"https://{dep.host(t)}:{dep.https_port}/ready?x=1")
+    # One tenant's key opens no other tenant.
+    assert dep.https("bob", contract.AUTH_CHECK_PATH, dep.key("alice"))[0] == 401
+    assert dep.https("alice", contract.AUTH_CHECK_PATH, dep.key("carol"))[0] == 401
+    # Caddy has certificates for the tenants' hosts only: any other name gets no TLS at all.
+    ctx = ssl.create_default_context(cafile=str(dep.ca))
+    with socket.create_connection(("127.0.0.1", dep.https_port), timeout=5) as raw:
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(raw, server_hostname="not-a-tenant.localhost")
+
+
+def test_smoke_command_passes_for_every_tenant(dep: Deployment, tmp_path):
+    outputs = tmp_path / "outputs.json"
+    outputs.write_text(json.dumps(dep.rendered.outputs, default=str))
+    proc = subprocess.run(
+        [sys.executable, "-m", "components", "smoke", "-s", dep.stack, "--outputs", str(outputs),
+         "--ca-file", str(dep.ca), "--timeout", "30"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"OK: all {len(TENANTS)} tenant(s) passed" in proc.stdout, proc.stdout
+
+
+def test_session_key_never_reaches_the_proxy_log(client, dep: Deployment):
+    from websockets.sync.client import connect
+
+    key = dep.key("carol")
+    ctx = ssl.create_default_context(cafile=str(dep.ca))
+    host = dep.host("carol")
+    # A browser's WebSocket (key in the URL) and a REST call with the key in query and header.
+    sock = socket.create_connection(("127.0.0.1", dep.https_port), timeout=10)
+    with connect(f"wss://{host}:{dep.https_port}{contract.WS_CHECK_PATH}?session_api_key={key}", sock=sock,
+                 ssl=ctx, server_hostname=host, open_timeout=10, close_timeout=2) as ws:
+        ws.send(json.dumps(contract.ws_auth_frame(key)))
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=1)
+    assert dep.https("carol", f"{contract.AUTH_CHECK_PATH}?session_api_key={key}", key)[0] == 200
+    time.sleep(1)
+    logs = client.api.logs(dep.proxy).decode(errors="replace")
+    assert f"{contract.WS_CHECK_PATH}" in logs and "handled request" in logs, logs[-2000:]  # access log is on
+    assert key not in logs
+
+
+# ----------------------------------------------------------------- 3. isolation
+
+
+def test_tenants_cannot_reach_each_other(client, dep: Deployment):
+    nets = {t: set(dep.container(t)["NetworkSettings"]["Networks"]) for t in TENANTS}
+    assert all(len(n) == 1 for n in nets.values()) and len(set.union(*nets.values())) == 3, nets
+    proxy_nets = set(client.api.inspect_container(dep.proxy)["NetworkSettings"]["Networks"])
+    assert proxy_nets == set.union(*nets.values())
+    bob = dep.container("bob")["NetworkSettings"]["Networks"][f"{dep.prefix}-bob-net"]["IPAddress"]
+    probe = "exec 3<>/dev/tcp/{host}/{port} && echo open"
+    # Control: the probe works, alice reaches her own server.
+    code, out = dep.exec("alice", probe.format(host="agent-alice", port=contract.PORT), timeout=5)
+    assert code == 0 and "open" in out, out
+    # Bob's alias does not even resolve on alice's network, and no port of his IP answers.
+    code, out = dep.exec("alice", probe.format(host="agent-bob", port=contract.PORT), timeout=5)
+    assert code != 0 and "open" not in out, out
+    for port in (contract.PORT, 8001, 22, 80, 443):
+        code, out = dep.exec("alice", probe.format(host=bob, port=port), timeout=3)
+        assert code != 0 and "open" not in out, (port, out)
+
+
+# ----------------------------------------------------------------- 4. state survives
+
+
+def test_state_survives_restart(client, dep: Deployment, stored):
+    for t in TENANTS:
+        client.api.restart(f"{dep.prefix}-{t}", timeout=contract.STOP_GRACE_SECONDS)
+    for t in TENANTS:
+        dep.wait_ready(t)
+    assert_state(dep, stored)
+
+
+def test_state_survives_sigkill(client, dep: Deployment, stored):
+    before = dep.container("alice")["RestartCount"]
+    os.kill(dep.container("alice")["State"]["Pid"], signal.SIGKILL)  # a crash, not a `docker stop`
+    deadline = time.monotonic() + 30
+    while dep.container("alice")["RestartCount"] == before:  # restart: unless-stopped brings it back
+        assert time.monotonic() < deadline, "alice was not restarted after SIGKILL"
+        time.sleep(0.2)
+    dep.wait_ready("alice")
+    assert_state(dep, stored, ["alice"])
+
+
+def test_state_survives_recreate(client, dep: Deployment, stored):
+    applier = dep.applier
+    old_id = dep.container("bob")["Id"]
+    applier._delete(applier.named("bob-agent-server"))  # noqa: SLF001 - `pulumi up --replace`
+    steps = applier.up(dep.rendered)
+    assert [(s.op, s.name) for s in steps if s.op != "same"] == [("create", "bob-agent-server")]
+    assert dep.container("bob")["Id"] != old_id
+    dep.wait_ready("bob")
+    assert_state(dep, stored, ["bob"])
+
+
+def test_rotation_keeps_secrets_and_serves_conversations_at_once(client, dep: Deployment, stored):
+    old_keys = {t: dep.key(t) for t in TENANTS}
+    steps = dep.up(**{"keys.rotation": 1})
+    replaced = sorted(s.name for s in steps if s.op == "replace")
+    assert replaced == sorted(f"{t}-agent-server" for t in TENANTS)
+    assert not [s for s in steps if s.name == "docker-proxy-caddy" and s.op != "same"]
+    for t in TENANTS:
+        assert dep.key(t) != old_keys[t]
+    # `up` returned after the healthchecks: everything is served on the first request,
+    # not after the 45 s lease of a SIGKILLed predecessor.
+    assert_state(dep, stored)
+    for t in TENANTS:  # the previous key keeps working until the next rotation
+        assert dep.https(t, contract.AUTH_CHECK_PATH, old_keys[t])[0] == 200
+
+
+def test_destroy_with_retain_keeps_volumes_and_reapply_reattaches(client, dep: Deployment, stored):
+    steps = dep.applier.destroy()
+    forgot = sorted(s.name for s in steps if s.op == "forget")
+    assert forgot == sorted([*(f"{t}-state" for t in TENANTS), "docker-proxy-data"])
+    api = client.api
+    assert not api.containers(all=True, filters={"name": dep.prefix})
+    assert not [n for n in api.networks(names=[dep.prefix]) if n["Name"].startswith(dep.prefix + "-")]
+    volumes = {v["Name"] for v in api.volumes(filters={"name": dep.prefix})["Volumes"] or []}
+    assert {f"{dep.prefix}-{t}-state" for t in TENANTS} <= volumes
+    # A fresh stack state (new applier), same config: the volumes are re-attached by name.
+    dep.applier = None
+    steps = dep.up(**{"keys.rotation": 1})
+    assert {(s.type, s.op) for s in steps if s.type == VOLUME} == {(VOLUME, "create")}
+    assert {(s.type, s.op) for s in steps if s.type == NETWORK} == {(NETWORK, "create")}
+    for t in TENANTS:
+        dep.wait_ready(t)
+    assert_state(dep, stored)
