@@ -6,7 +6,7 @@ Why a dynamic provider over the modal SDK, not pulumi-command running the modal 
   Canvas tool files) and the keys' checksum with the state, and redeploys only when one
   of them changed; a Command would rerun on any trigger and keep its stdout in state.
 * secrets stay out of state and logs. The key env reaches Modal through the SDK (never a
-  command line), the state keeps only its sha256, and the Modal token is read from the
+  command line), the state keeps only its salted checksum (components/keys.py), and the Modal token is read from the
   environment or the stack's secret config inside the provider process, so it is in no
   input, output or log at all.
 * one language: ``build_app`` is the same code ``modal deploy -m components.modal_app`` runs.
