@@ -340,7 +340,7 @@ class Progress:
             text = diag.message.rstrip()
             if diag.severity == "error":
                 where = f"{_name(diag.urn)}: " if diag.urn and "pulumi:pulumi:Stack" not in diag.urn else ""
-                self.errors.append(where + text.removeprefix("an unhandled error occurred: "))
+                self.errors.append(where + _no_traceback(text.removeprefix("an unhandled error occurred: ")))
             elif diag.severity in ("warning", "info", "info#err") and not diag.ephemeral and text:
                 self._line(("warning: " if diag.severity == "warning" else "") + text)
         elif (summary := event.summary_event) is not None:
@@ -352,6 +352,15 @@ class Progress:
     def error_text(self) -> str:
         # The SDK reports a program error twice (its log and the engine's "unhandled error").
         return "\n".join(dict.fromkeys(self.errors))
+
+
+def _no_traceback(text: str) -> str:
+    """A program bug arrives as the SDK's "inline source runtime error" with a traceback: keep its message."""
+    if "Traceback (most recent call last):" not in text or os.environ.get("OPENHANDS_DEBUG"):
+        return text
+    head, tail = text.split("Traceback (most recent call last):", 1)
+    last = [ln for ln in tail.strip().splitlines() if ln.strip() and not ln.startswith(" ")][-1:]
+    return "\n".join([head.strip(), *last, "(a bug in the program: OPENHANDS_DEBUG=1 shows the traceback)"])
 
 
 def _name(urn: str | None) -> str:

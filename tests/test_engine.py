@@ -247,7 +247,13 @@ def quickstart_commands() -> list[str]:
 
 
 def test_quickstart_is_the_two_commands() -> None:
+    """The second one, `scripts/test`, is what runs this suite (`.ci/run` calls it); run from inside the
+    suite it would recurse, so here it is only checked to be there and executable."""
     assert quickstart_commands() == ["uv run openhands up", "scripts/test"]
+    script = ROOT / "scripts" / "test"
+    assert script.is_file() and script.stat().st_mode & stat.S_IXUSR
+    assert "uv run pytest" in script.read_text()
+    assert "scripts/test" in (ROOT / ".ci" / "run").read_text()
 
 
 def test_quickstart_main_command_runs_as_written(engine_project) -> None:

@@ -222,3 +222,14 @@ def test_deployed_generation_reads_the_key_resources() -> None:
            {"urn": "urn:pulumi:s::openhands::random:index/randomPassword:RandomPassword::a-secret-key-g7"}]
     assert operator.deployed_generation({"resources": res}) == 3
     assert operator.deployed_generation({}) is None
+
+
+def test_a_program_bug_is_reported_without_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENHANDS_DEBUG", raising=False)
+    text = ("python inline source runtime error: boom\nTraceback (most recent call last):\n"
+            '  File "/x/components/program.py", line 3, in run\n    raise KeyError("boom")\nKeyError: \'boom\'\n')
+    assert operator._no_traceback(text) == (
+        "python inline source runtime error: boom\nKeyError: 'boom'\n"
+        "(a bug in the program: OPENHANDS_DEBUG=1 shows the traceback)")
+    monkeypatch.setenv("OPENHANDS_DEBUG", "1")
+    assert operator._no_traceback(text) == text
