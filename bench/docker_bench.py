@@ -108,7 +108,19 @@ def compose_file(rendered: Rendered, workdir: Path) -> dict[str, Any]:
     for name, svc in services.items():
         if name not in agent_services:
             svc["depends_on"] = {a: {"condition": "service_healthy"} for a in agent_services}
-    return {"version": "2.4", "services": services, "volumes": volumes, "networks": networks}
+    return _escape({"version": "2.4", "services": services, "volumes": volumes, "networks": networks})
+
+
+def _escape(value: Any) -> Any:
+    """Compose interpolates ``$VAR`` in every string; ``$$`` is a literal dollar (the
+    healthcheck's bash uses ``$status``)."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, list):
+        return [_escape(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _escape(v) for k, v in value.items()}
+    return value
 
 
 def compose_command() -> tuple[list[str], bool]:

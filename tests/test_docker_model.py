@@ -168,3 +168,33 @@ def test_caddy_logs_hold_no_session_key(start_agent_server, run_caddy):
     assert "connection refused" in log, log[-2000:]  # the error was logged
     assert key not in log and bob_key not in log
     assert "session_api_key" not in log
+
+
+# ----------------------------------------------------------------- the test applier refuses what it cannot map
+
+
+def test_applier_fails_on_any_field_or_type_it_does_not_map(three: Rendered):
+    from types import SimpleNamespace
+
+    from tests.docker_apply import Applier, ApplyError, UnmappedField
+
+    applier = Applier(SimpleNamespace(api=SimpleNamespace(api_version="1.41")))  # no engine call below
+    container = agents(three)[0]
+    body, extra = applier._container_body(container.name, dict(container.inputs))  # noqa: SLF001
+    assert extra["destroy_grace_seconds"] == contract.STOP_GRACE_SECONDS
+    assert body["HostConfig"]["NanoCpus"] == int(float(container.inputs["cpus"]) * 1e9)
+    assert body["HostConfig"]["Memory"] == int(container.inputs["memory"]) * 2**20
+    assert "Init" not in body["HostConfig"]  # unset: the daemon's default
+    with pytest.raises(UnmappedField, match=r"\['shmSize'\]"):
+        applier._container_body(container.name, {**container.inputs, "shmSize": 64})  # noqa: SLF001
+    hc = {**container.inputs["healthcheck"], "startInterval": "2s"}
+    with pytest.raises(ApplyError, match="requires API version 1.44"):
+        applier._container_body(container.name, {**container.inputs, "healthcheck": hc})  # noqa: SLF001
+    ports = [{**p, "hostIp": "1.2.3.4"} for p in proxy(three).inputs["ports"]]
+    with pytest.raises(UnmappedField, match="hostIp"):
+        applier._container_body("proxy", {**proxy(three).inputs, "ports": ports})  # noqa: SLF001
+    odd = Rendered(stack="x", config={}, resources=[
+        render_mod.Resource(type="docker:index/service:Service", name="svc", urn="urn:x", custom=True, inputs={},
+                            raw_inputs={}, secret_paths=[], parent="")])
+    with pytest.raises(UnmappedField, match="docker:index/service:Service"):
+        applier.up(odd)
