@@ -592,13 +592,33 @@ def cmd_status(session: Session, args: argparse.Namespace) -> int:
     from components import contract, smoke
 
     outputs = outputs_of(session)
+    ca_file = args.ca_file or _fetch_local_ca(session, outputs)
     try:
         code, text, _ = smoke.run(session.name, outputs, timeout=args.timeout or float(contract.STARTUP_BUDGET_SECONDS),
-                                  ca_file=args.ca_file)
+                                  ca_file=ca_file)
     except smoke.SmokeError as exc:
         raise OperatorError(f"status: {exc}") from None
     print(text, file=session.out)
     return code
+
+
+def _fetch_local_ca(session: Session, outputs: Mapping[str, Any]) -> str | None:
+    """Caddy's internal root CA of a local stack, copied out of its container (status trusts it)."""
+    found = re.search(r"docker cp (\S+):(\S+)", str(outputs.get("localCaRoot") or ""))
+    docker = shutil.which("docker")
+    if not found or docker is None:
+        return None
+    container, path = found.groups()
+    dest = session.settings.local_dir / session.name / "caddy-root.crt"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([docker, "cp", f"{container}:{path}", str(dest)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    if proc.returncode != 0:
+        print(f"note: could not copy Caddy's root CA out of {container} ({proc.stderr.strip()}); "
+              "pass --ca-file", file=session.out)
+        return None
+    print(f"trusting Caddy's root CA from container {container} (copied to {dest})", file=session.out)
+    return str(dest)
 
 
 def cmd_connect(session: Session, args: argparse.Namespace) -> int:

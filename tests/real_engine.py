@@ -55,14 +55,18 @@ def engine_bin() -> tuple[Path | None, str]:
     return Path(lines[-1]), ""
 
 
+def unavailable(message: str) -> None:
+    """A real tool is missing: FAIL under CI=true, skip with this one reason elsewhere."""
+    if _in_ci():
+        pytest.fail(message + " (CI=true: scripts/test must provide it)", pytrace=False)
+    pytest.skip(message)
+
+
 @pytest.fixture(scope="session")
 def pulumi_bin() -> Path:
     path, why = engine_bin()
     if path is None:
-        message = f"the real Pulumi CLI is not built: {why}"
-        if _in_ci():
-            pytest.fail(message + " (CI=true: .ci/run must run scripts/engine first)", pytrace=False)
-        pytest.skip(message)
+        unavailable(f"the real Pulumi CLI is not built: {why}")
     return path
 
 

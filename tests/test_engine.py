@@ -176,6 +176,37 @@ def test_status_runs_the_smoke_check_against_the_real_agent_server(engine_projec
     assert "FAILED: 1 of 2 tenant(s): wrong (api-key, websocket)" in proc.stdout
 
 
+def test_status_of_a_local_stack_trusts_caddys_root_copied_from_its_container(engine_project, tmp_path) -> None:
+    """The root CA is copied out of the (real, created but not started) proxy container named in the
+    `localCaRoot` output; the tenant itself is unreachable here, so the check then fails on /ready."""
+    from tests.real_engine import unavailable  # registered as a plugin above; imported here, once loaded
+
+    docker = shutil.which("docker")
+    if docker is None:
+        unavailable("no docker CLI")
+    key, pem = tmp_path / "k.pem", tmp_path / "root.crt"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-subj", "/CN=status test root", "-days", "1", "-keyout", str(key), "-out", str(pem)],
+                   check=True, capture_output=True)
+    name = f"openhands-status-test-{tmp_path.name[-12:]}".lower()
+    image = "caddy:2.10.2"
+    if subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode != 0:
+        unavailable(f"no local {image} image (scripts/docker-images builds it)")
+    subprocess.run([docker, "create", "--name", name, image], check=True, capture_output=True)
+    try:
+        subprocess.run([docker, "cp", str(pem), f"{name}:/data/root.crt"], check=True, capture_output=True)
+        seed(engine_project, "local", {
+            "url": {"default": "https://127.0.0.1:9"}, "apiKey": {"default": "x" * 48},
+            "localCaRoot": f"Caddy's internal root CA, to trust once: docker cp {name}:/data/root.crt ."})
+        proc = engine_project.openhands("status", "--timeout", "1")
+    finally:
+        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+    copied = engine_project.dir / ".openhands-deploy" / "local" / "caddy-root.crt"
+    assert f"trusting Caddy's root CA from container {name} (copied to {copied})" in proc.stdout, proc.stderr
+    assert copied.read_bytes() == pem.read_bytes()
+    assert proc.returncode == 1 and "FAIL" in proc.stdout and "ready" in proc.stdout
+
+
 def test_down_keeps_data_saves_the_keys_and_empties_the_state(engine_project) -> None:
     seed(engine_project, "local", SEEDED)
     assert engine_project.resources("local") != []
@@ -233,6 +264,22 @@ def test_prod_reads_dev_through_a_real_stack_reference(engine_project) -> None:
     assert "would read         pulumi:pulumi:StackReference organization/openhands/dev" in read.stdout
     assert "mismatch" not in read.stderr
     assert_one_clear_message(read, "pulumi-resource-kubernetes")
+
+
+def test_prod_emergency_override_is_announced_through_the_engine(engine_project) -> None:
+    """The override waives dev's contract mismatch with a warning; recording it in prod's outputs needs
+    an `up` of prod, i.e. the Kubernetes plugin: not here."""
+    seed(engine_project, "dev", {"image": "ghcr.io/openhands/agent-server:1.58.0-python", "contractVersion": "999"})
+    engine_project.pulumi("stack", "select", "--create", "prod")  # as a user would, then the README's command:
+    engine_project.pulumi("config", "set", "--stack", "prod", "--path", "promotion.emergencyOverride.reason",
+                          "INC-123: CVE fix, dev cluster down")
+    proc = engine_project.openhands("preview", "-s", "prod")
+    assert "warning: EMERGENCY OVERRIDE of promotion from organization/openhands/dev: deploying " \
+           "ghcr.io/openhands/agent-server:1.58.0-python (dev runs ghcr.io/openhands/agent-server:1.58.0-python, " \
+           "contract 999); reason: INC-123: CVE fix, dev cluster down" in proc.stdout, proc.stdout
+    assert proc.returncode == 1
+    assert "mismatch" not in proc.stderr
+    assert_one_clear_message(proc, "pulumi-resource-kubernetes")
 
 
 # --------------------------------------------------------------------------- issue 14: the README's quickstart
