@@ -36,6 +36,7 @@ import yaml
 
 from components import render as harness
 from components.config import NAMESPACE, ConfigError
+from components.stackfile import StackLoader, yaml_error
 
 ROOT = harness.ROOT
 POLICY_DIR = ROOT / "policy"
@@ -602,9 +603,9 @@ def _parse_set(values: Sequence[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--set wants key=value (a YAML value, empty to remove the key), got {item!r}")
         try:
-            out[key] = yaml.load(value, Loader=harness.StackLoader) if value else None  # noqa: S506 - safe loader
+            out[key] = yaml.load(value, Loader=StackLoader) if value else None  # noqa: S506 - safe loader
         except yaml.YAMLError as exc:
-            raise ConfigError(harness.yaml_error(exc, f"--set {key}={value}")) from None
+            raise ConfigError(yaml_error(exc, f"--set {key}={value}")) from None
     return out
 
 

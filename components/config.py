@@ -1242,8 +1242,15 @@ def load() -> StackConfig:
     """Read and validate the stack's ``openhands:*`` config. Raises ConfigError.
 
     Warnings (see ``warnings``) go to ``pulumi.log.warn``: a preview shows them."""
-    values, secret_keys = _raw()
     stack = pulumi.get_stack()
+    # Pulumi read the stack file as YAML 1.1 and kept quiet about repeated keys, `yes`, `0443`, ...:
+    # read the same file strictly first (components/stackfile.py), so those are errors here too.
+    from components import stackfile
+
+    tracked = stackfile.tracked_file(stack)
+    if tracked is not None:
+        stackfile.read_config(tracked)
+    values, secret_keys = _raw()
     cfg = parse(values, secret_keys, stack)
     for message in warnings(cfg, stack):
         pulumi.log.warn(message)

@@ -398,8 +398,14 @@ def validate_config(session: Session, overrides: Mapping[str, Any] | None = None
     The program checks it again under the engine; checking first means a bad config never
     reaches an `up`, which would record the root Stack resource before the program fails.
     """
-    from components import config
+    from components import config, stackfile
 
+    if session.tracked_config.is_file():
+        # Strictly first (duplicates, `yes`, `0443`, ...): `pulumi config` would end in "yaml: unmarshal errors".
+        try:
+            stackfile.read_config(session.tracked_config)
+        except config.ConfigError as exc:
+            raise OperatorError(f"error: {exc}", EXIT_USAGE) from None
     values = _engine(session.stack.get_all_config, "read the stack config")
     prefix = config.NAMESPACE + ":"
     plain = {k[len(prefix):]: v.value for k, v in values.items() if k.startswith(prefix)}

@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as _mocks
 from pulumi.runtime import rpc
 
 from components.config import NAMESPACE
+from components.stackfile import read_config
 
 ROOT = Path(__file__).resolve().parent.parent
 STACKS_DIR = ROOT / "stacks"
@@ -311,142 +311,14 @@ def stack_names() -> list[str]:
     return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
 
 
-class StackLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, stricter where YAML 1.1 (PyYAML) and YAML 1.2 read the same text differently.
-
-    Refused, each with its line: a duplicate key (the last one would silently win), ``yes``/``no``/
-    ``on``/``off`` booleans, octal-, hex-, base-60- or underscore-looking numbers (``0443`` is 291 in
-    YAML 1.1 and 443 in 1.2). Dates stay strings, as in YAML 1.2's core schema.
-    """
-
-
-def _problem(node: yaml.Node, text: str) -> yaml.constructor.ConstructorError:
-    return yaml.constructor.ConstructorError(None, None, text, node.start_mark)
-
-
-def _mapping(loader: StackLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    # Only keys written in this mapping count: one that overrides a merged (<<: *anchor) key is fine.
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            first = seen.get(key)
-        except TypeError:
-            continue  # an unhashable key: the base constructor reports it
-        if first is not None:
-            raise _problem(key_node, f"duplicate key {key!r} (first at line {first}); keep one")
-        seen[key] = key_node.start_mark.line + 1
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node, deep=deep)
-
-
-def _bool(loader: StackLoader, node: yaml.ScalarNode) -> bool:
-    value = loader.construct_scalar(node)
-    if value.lower() not in ("true", "false"):
-        raise _problem(
-            node,
-            f"{value!r} is a boolean in YAML 1.1 but a string in YAML 1.2; write true or false, or quote it "
-            f"('{value}') if you mean the word",
-        )
-    return value.lower() == "true"
-
-
-def _int(loader: StackLoader, node: yaml.ScalarNode) -> int:
-    value = loader.construct_scalar(node)
-    if re.fullmatch(r"[-+]?(0|[1-9][0-9]*)", value):
-        return int(value)
-    if re.fullmatch(r"[-+]?0[0-7_]+", value):
-        why = f"{value} looks octal: YAML 1.1 reads it as {yaml.SafeLoader.construct_yaml_int(loader, node)}"
-        hint = f"write {int(value.replace('_', ''))} or quote it"
-    elif ":" in value:
-        why = f"{value} is a base-60 number ({yaml.SafeLoader.construct_yaml_int(loader, node)}) in YAML 1.1"
-        hint = f"quote it ('{value}') if you mean text"
-    else:
-        why = f"{value} is not a plain decimal number"
-        hint = "write the number in decimal digits, or quote it"
-    raise _problem(node, f"{why}; {hint}")
-
-
-def _float(loader: StackLoader, node: yaml.ScalarNode) -> float:
-    value = loader.construct_scalar(node)
-    if ":" in value or "_" in value:
-        raise _problem(node, f"{value} is read differently by YAML 1.1 and 1.2; write a plain number, or quote it")
-    return yaml.SafeLoader.construct_yaml_float(loader, node)
-
-
-StackLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-StackLoader.add_constructor("tag:yaml.org,2002:bool", _bool)
-StackLoader.add_constructor("tag:yaml.org,2002:int", _int)
-StackLoader.add_constructor("tag:yaml.org,2002:float", _float)
-StackLoader.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
-
-
-def yaml_error(exc: yaml.YAMLError, where: str) -> str:
-    """One line for a YAML error: where, line and column, what, and a hint for tabs."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    what = ", ".join(str(x) for x in (getattr(exc, "context", None), getattr(exc, "problem", None)) if x) or str(exc)
-    if "\\t" in what or "\t" in what:
-        what += " (YAML does not allow tabs for indentation; use spaces)"
-    return f"{where}: {at}{what}"
-
-
-STACK_FILE_KEYS = ("config", "environment", "secretsprovider", "encryptedkey", "encryptionsalt")
-
-
 def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
-    """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``),
-    keys as written (``openhands:model``). Raises FileNotFoundError, or ConfigError naming the file."""
-    from components.config import ConfigError, namespace_typos
-
+    """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``), keys as
+    Pulumi hands them over (``model:`` becomes ``openhands:model``). Raises FileNotFoundError, or
+    ConfigError naming the file (components/stackfile.py: read as strictly as the program reads it)."""
     path = path or stack_file(stack)
     if not path.exists():
         raise FileNotFoundError(f"no stack file {path} (stacks: {', '.join(stack_names())})")
-    try:
-        doc = yaml.load(path.read_text(), Loader=StackLoader)  # noqa: S506 - a SafeLoader subclass
-    except OSError as exc:
-        raise ConfigError(f"cannot read stack file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"stack file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(yaml_error(exc, f"stack file {path}")) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise ConfigError(
-            f"stack file {path}: is a {type(doc).__name__}, not a mapping; it holds `config:` with "
-            f"{NAMESPACE}:<key> entries"
-        )
-    for key in doc:
-        if key not in STACK_FILE_KEYS:
-            import difflib
-
-            near = difflib.get_close_matches(str(key), STACK_FILE_KEYS, n=1)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(
-                f"stack file {path}: unknown top-level key {key!r}{hint}; allowed: {', '.join(STACK_FILE_KEYS)}"
-            )
-    config = doc.get("config")
-    if config is None:
-        return {}
-    if not isinstance(config, dict):
-        raise ConfigError(
-            f"stack file {path}: `config` is a {type(config).__name__}, not a mapping of "
-            f"{NAMESPACE}:<key>: <value>"
-        )
-    for key in config:
-        ns, colon, name = str(key).partition(":")
-        if not isinstance(key, str) or not colon or not ns or not name:
-            raise ConfigError(
-                f"stack file {path}: config key {key!r} needs its namespace, e.g. {NAMESPACE}:{key} "
-                "(or aws:region for a provider)"
-            )
-    typos = namespace_typos(config)
-    if typos:
-        raise ConfigError(f"stack file {path}: {typos[0]}")
-    return dict(config)
+    return read_config(path)
 
 
 def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:

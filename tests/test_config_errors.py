@@ -139,7 +139,11 @@ YAML_CASES = {
     "config not a mapping": ("config: docker\n", "`config` is a str, not a mapping"),
     "config a list": ("config:\n  - openhands:model: docker\n", "`config` is a list, not a mapping"),
     "top-level typo": ("confg:\n  openhands:model: docker\n", "unknown top-level key 'confg' (did you mean 'config'?)"),
-    "key without namespace": ("config:\n  model: docker\n", "config key 'model' needs its namespace"),
+    "same key with and without namespace": (
+        "config:\n  openhands:model: docker\n  model: ecs\n",
+        "line 3, column 3: 'model' is openhands:model again (first at line 2",
+    ),
+    "date": ("config:\n  openhands:tenants: [2026-01-01]\n", "is a date to Pulumi (YAML 1.1)"),
     "namespace typo": ("config:\n  openhand:model: docker\n",
                        "openhand:model: unknown namespace 'openhand' (did you mean openhands:model?)"),
     "duplicate key": (
@@ -151,15 +155,15 @@ YAML_CASES = {
         "line 5, column 5: duplicate key 'httpsPort' (first at line 4)",
     ),
     "tab indentation": ("config:\n\topenhands:model: docker\n", "YAML does not allow tabs for indentation"),
-    "yes boolean": ("config:\n  openhands:retainData: yes\n", "'yes' is a boolean in YAML 1.1"),
-    "on boolean": ("config:\n  openhands:retainData: On\n", "'On' is a boolean in YAML 1.1"),
-    "norway": ("config:\n  openhands:model: docker\n  openhands:tenants: [no]\n", "'no' is a boolean in YAML 1.1"),
+    "yes boolean": ("config:\n  openhands:retainData: yes\n", "'yes' is read as true by Pulumi (YAML 1.1)"),
+    "on boolean": ("config:\n  openhands:retainData: On\n", "'On' is read as true by Pulumi"),
+    "norway": ("config:\n  openhands:model: docker\n  openhands:tenants: [no]\n", "'no' is read as false"),
     "octal-looking": (
         "config:\n  openhands:model: docker\n  openhands:docker:\n    httpsPort: 0443\n",
-        "0443 looks octal: YAML 1.1 reads it as 291; write 443",
+        "0443 looks octal: Pulumi (YAML 1.1) reads it as 291; write 443",
     ),
-    "base 60": ("config:\n  openhands:model: docker\n  openhands:resources:\n    cpu: 1:30\n", "base-60 number (90)"),
-    "hex": ("config:\n  openhands:model: docker\n  openhands:keys:\n    rotation: 0x1\n", "not a plain decimal"),
+    "base 60": ("config:\n  openhands:resources:\n    cpu: 1:30\n", "base-60 number 90 to Pulumi"),
+    "hex": ("config:\n  openhands:model: docker\n  openhands:keys:\n    rotation: 0x10\n", "0x10 is 16 to Pulumi"),
     "secure value": ("config:\n  openhands:model: docker\n  openhands:x:\n    secure: AAAB\n", "secure:"),
 }
 
@@ -193,7 +197,7 @@ SET_CASES = {
     "unclosed list": (["tenants=[a, b"], "--set tenants=[a, b: line 1, column 6: while parsing a flow sequence"),
     "no equals": (["tenants"], "--set wants key=value"),
     "empty key": (["=docker"], "--set wants key=value"),
-    "yes boolean": (["retainData=yes"], "--set retainData=yes: line 1, column 1: 'yes' is a boolean"),
+    "yes boolean": (["retainData=yes"], "--set retainData=yes: line 1, column 1: 'yes' is read as true"),
     "duplicate in a value": (["resources={cpu: 1, cpu: 2}"], "duplicate key 'cpu'"),
     "path through a value": (["docker=1", "docker.httpsPort=1"], "cannot set 'docker.httpsPort': openhands:docker is"),
     "empty path part": (["docker..httpsPort=1"], "cannot set 'docker..httpsPort'"),
@@ -536,7 +540,7 @@ def test_unpinned_means_what_the_policy_pack_means(ref: str, why: str) -> None:
 
 
 def test_what_the_strict_loader_still_accepts(tmp_path: Path) -> None:
-    """Quoted words, plain decimals, true/false, dates (kept as text) and overriding a merged key."""
+    """Quoted words and dates, plain decimals, true/false, keys without a namespace, overriding a merged key."""
     path = tmp_path / "Pulumi.fine.yaml"
     path.write_text(
         "config:\n"
@@ -549,12 +553,14 @@ def test_what_the_strict_loader_still_accepts(tmp_path: Path) -> None:
         "  openhands:docker:\n"
         "    <<: *ports\n"
         "    httpsPort: 9443\n"
-        "  openhands:note: 2026-01-01\n"
+        "  openhands:note: '2026-01-01'\n"
+        "  keys: {rotation: 1}\n"
     )
     cfg = r.load_stack_config("fine", path)
     assert cfg["openhands:tenants"] == ["no", "yes-team"] and cfg["openhands:retainData"] is False
     assert cfg["openhands:docker"] == {"httpsPort": 9443, "httpPort": 8080}
     assert cfg["openhands:note"] == "2026-01-01"
+    assert cfg["openhands:keys"] == {"rotation": 1}  # Pulumi reads `keys:` as openhands:keys too
 
 
 def test_ssh_public_key_read_from_a_file_keeps_working() -> None:
