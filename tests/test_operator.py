@@ -235,3 +235,24 @@ def test_a_program_bug_is_reported_without_its_traceback(monkeypatch: pytest.Mon
         "(a bug in the program: OPENHANDS_DEBUG=1 shows the traceback)")
     monkeypatch.setenv("OPENHANDS_DEBUG", "1")
     assert operator._no_traceback(text) == text
+
+
+def test_empty_passphrase_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "passphrase"
+    path.write_text("\n")
+    path.chmod(0o600)
+    with pytest.raises(operator.OperatorError, match="is empty; delete it only if no stack uses it yet"):
+        operator.ensure_passphrase(path)
+
+
+def test_unreadable_stack_file_is_one_message(tmp_path: Path) -> None:
+    bad = tmp_path / "Pulumi.x.yaml"
+    bad.write_text("config: [unclosed\n")
+    with pytest.raises(operator.OperatorError, match=r"Pulumi\.x\.yaml is not valid YAML"):
+        operator._read_yaml(bad)
+    assert operator._read_yaml(tmp_path / "missing.yaml") == {}
+
+
+def test_connect_with_secrets_but_no_key_for_a_tenant() -> None:
+    text = operator.connect_text("k8s", {"url": {"a": "https://a.example.com"}, "apiKey": {}}, show_secrets=True)
+    assert "API Key: (not in the apiKey output)" in text
