@@ -639,12 +639,24 @@ class Egress(Settings):
         return sorted(self.allow_cidrs) != sorted(WORLD) or bool(self.except_cidrs)
 
 
+_K8S_PREFIX = _pattern(  # a DNS-1035 label short enough for "<prefix>-<tenant>" object names
+    r"^[a-z]([-a-z0-9]{0,24}[a-z0-9])?$",
+    "1-26 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit",
+    "openhands-prod",
+)
 
 
 class KubernetesSettings(Settings):
-    """The Kubernetes model: one StatefulSet, Service, Ingress and NetworkPolicy per tenant."""
+    """The Kubernetes model: one StatefulSet, Service, Ingress and NetworkPolicy per tenant.
 
-    namespace: str = Field("openhands", pattern=_K8S_NAME)
+    Names: every object is ``<namePrefix>-<tenant>[-suffix]``; the prefix defaults to the
+    project and stack (``openhands-<stack>``), and so does the namespace, so two stacks or
+    projects on one cluster never share an object (see components/kubernetes.py)."""
+
+    namespace: str | None = Field(None, pattern=_K8S_NAME)  # None: the name prefix, one namespace per stack
+    name_prefix: str | None = Field(None, pattern=_K8S_PREFIX)  # None: <project>-<stack>
+    # A directory: the provider writes manifests there instead of applying them (GitOps).
+    render_to: str | None = Field(None, min_length=1)
     create_namespace: bool = True
     kubeconfig: KubeconfigSecret | None = None  # contents or path; None = ambient (KUBECONFIG / ~/.kube/config)
     context: str | None = Field(None, min_length=1)
@@ -673,6 +685,15 @@ class KubernetesSettings(Settings):
                 raise ValueError(f"{key!r}: set the issuer with tls.clusterIssuer / tls.issuer, not an annotation")
         return value
 
+    @field_validator("render_to")
+    @classmethod
+    def _render_dir(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        if not value.strip() or "\n" in value:
+            raise ValueError("renderTo is a directory path, e.g. rendered/k8s (relative to the project directory)")
+        return value
+
     @model_validator(mode="after")
     def _reuse_needs_namespace(self) -> KubernetesSettings:
         if self.namespace in ("kube-system", "kube-public", "kube-node-lease"):
@@ -685,7 +706,17 @@ class KubernetesSettings(Settings):
         return f"{tenant}.{self.domain}"
 
     def check_stack(self, cfg: StackConfig) -> list[str]:
-        """A kubeconfig given as a path must be a readable file; given as contents, YAML or JSON."""
+        """renderTo, if it exists, must be a directory. A kubeconfig given as a path must be a
+        readable file; given as contents, YAML or JSON."""
+        if self.render_to is not None:
+            from pathlib import Path
+
+            # Relative to the project directory: where `pulumi` runs the program and the provider.
+            target = Path(self.render_to).expanduser()
+            if not target.is_absolute():
+                target = Path(__file__).resolve().parent.parent / target
+            if target.exists() and not target.is_dir():
+                return [f"  - {NAMESPACE}:kubernetes.renderTo: {target} exists and is not a directory"]
         if self.kubeconfig is None:
             return []
         from pathlib import Path

@@ -11,12 +11,21 @@ one volume serve stale catalogs and 404s (agent_server_facts.md §5). A Stateful
 guarantees *at most one* pod per ordinal: it never starts ``-0`` again until the old
 ``-0`` is confirmed gone, even when its node is unreachable. A Deployment's ReplicaSet
 counts a Terminating pod as gone and can start its replacement next to it. The claim is
-also named by the StatefulSet (``state-agent-<tenant>-0``), so after a ``pulumi
+also named by the StatefulSet (``state-<prefix>-<tenant>-0``), so after a ``pulumi
 destroy`` that retained it, the next ``pulumi up`` re-attaches the same data.
+
+Names never collide between stacks or projects: every object name starts with a prefix
+made of the project and the stack (``openhands-<stack>``, or ``kubernetes.namePrefix``),
+AND each stack gets its own namespace by default (the same prefix). Both, because either
+alone leaves a gap: a user-chosen shared namespace would still hold two stacks' objects
+(hence the prefix), and one Namespace object created by two stacks would be deleted by
+whichever is destroyed first with retainData false (hence the per-stack namespace).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,9 +66,38 @@ def websocket_annotations() -> dict[str, str]:
     }
 
 
-def names(tenant: str) -> dict[str, str]:
-    """Explicit, stack-independent object names, so a re-created stack finds its claim."""
-    base = f"agent-{tenant}"
+# A StatefulSet's pods carry the label controller-revision-hash=<name>-<10-char hash>, and a
+# label value is at most 63 characters: so the workload name stays within 52. The prefix is
+# at most 26 (config) and a tenant at most 20, so "<prefix>-<tenant>" is at most 47.
+MAX_PREFIX = 26
+
+
+def name_prefix(settings: KubernetesSettings, project: str | None = None, stack: str | None = None) -> str:
+    """``kubernetes.namePrefix``, else the project and stack: ``openhands-<stack>`` for this
+    project (the Docker model's convention), ``openhands-<project>-<stack>`` for another.
+    Made a DNS-1035 label (Services need one); shortened with a hash when too long, so the
+    name stays stable for a given project and stack and a re-created stack finds its claims."""
+    if settings.name_prefix:
+        return settings.name_prefix
+    project = project or pulumi.get_project()
+    stack = stack or pulumi.get_stack()
+    raw = f"{project}-{stack}" if project.startswith("openhands") else f"openhands-{project}-{stack}"
+    prefix = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
+    prefix = re.sub(r"-{2,}", "-", prefix)
+    if len(prefix) > MAX_PREFIX:
+        digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
+        prefix = f"{prefix[: MAX_PREFIX - 7].rstrip('-')}-{digest}"
+    return prefix
+
+
+def namespace_for(settings: KubernetesSettings, prefix: str) -> str:
+    return settings.namespace or prefix
+
+
+def names(tenant: str, prefix: str) -> dict[str, str]:
+    """Explicit object names: the same for a given project, stack and tenant, so a re-created
+    stack finds its claim; different between stacks and projects, so they never collide."""
+    base = f"{prefix}-{tenant}"
     return {
         "workload": base,
         "service": base,
@@ -99,8 +137,11 @@ def _probe(p: contract.Probe) -> dict[str, Any]:
 
 def _resources(cfg: StackConfig) -> dict[str, Any]:
     # requests == limits: Guaranteed QoS, so a busy node does not evict an agent mid-task.
-    cpu = f"{round(cfg.resources.cpu * 1000)}m"
-    memory = f"{cfg.resources.memory}Mi"
+    # The API server's canonical form (it stores 1000m as "1" and 2048Mi as "2Gi"), so the
+    # live object reads back exactly as rendered.
+    millis, mebis = round(cfg.resources.cpu * 1000), cfg.resources.memory
+    cpu = str(millis // 1000) if millis % 1000 == 0 else f"{millis}m"
+    memory = f"{mebis // 1024}Gi" if mebis % 1024 == 0 else f"{mebis}Mi"
     return {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
 
 
@@ -151,7 +192,7 @@ def network_policy_spec(tenant: str, settings: KubernetesSettings) -> dict[str, 
 class AgentServer(pulumi.ComponentResource):
     """One tenant's agent server and everything that reaches it."""
 
-    secret: k8s.core.v1.Secret
+    secret: k8s.core.v1.Secret | None  # None in render mode (renderTo)
     service_account: k8s.core.v1.ServiceAccount
     stateful_set: k8s.apps.v1.StatefulSet
     service: k8s.core.v1.Service
@@ -166,12 +207,13 @@ class AgentServer(pulumi.ComponentResource):
         namespace: pulumi.Input[str],
         keys: TenantKeys,
         cfg: StackConfig,
+        prefix: str,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("openhands:kubernetes:AgentServer", tenant, None, opts)
         settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
         child = pulumi.ResourceOptions(parent=self)
-        n = names(tenant)
+        n = names(tenant, prefix)
         lbl = labels(tenant)
         host = settings.host_for(tenant)
 
@@ -181,14 +223,18 @@ class AgentServer(pulumi.ComponentResource):
                 m["annotations"] = dict(annotations)
             return m
 
-        # The keys, only here. The container reads each one with secretKeyRef.
-        self.secret = k8s.core.v1.Secret(
-            f"{tenant}-keys",
-            metadata=meta(n["secret"]),
-            type="Opaque",
-            string_data=keys.env,
-            opts=child,
-        )
+        # The keys, only here. The container reads each one with secretKeyRef. Not in render
+        # mode: the provider would write the values in plaintext into the manifest directory
+        # (its documented behaviour); there the Secret comes from the user's secret store.
+        self.secret = None
+        if settings.render_to is None:
+            self.secret = k8s.core.v1.Secret(
+                f"{tenant}-keys",
+                metadata=meta(n["secret"]),
+                type="Opaque",
+                string_data=keys.env,
+                opts=child,
+            )
         # No API access: the agent runs arbitrary code, so it gets no token to use.
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{tenant}-sa",
@@ -278,7 +324,16 @@ class AgentServer(pulumi.ComponentResource):
                     {"metadata": {"name": STATE_VOLUME, "labels": lbl}, "spec": claim_spec}
                 ],
             },
-            opts=child.merge(pulumi.ResourceOptions(depends_on=[self.secret, self.service_account])),
+            opts=child.merge(
+                pulumi.ResourceOptions(
+                    depends_on=[r for r in (self.secret, self.service_account) if r is not None],
+                    # The claim template is immutable on a live StatefulSet, and the provider
+                    # would REPLACE the StatefulSet for a change there (with retainData false
+                    # that deletes the claim: the tenant's data). A storageSize change applies
+                    # to new tenants; an existing claim is resized in place (README procedure).
+                    ignore_changes=["spec.volumeClaimTemplates"],
+                )
+            ),
         )
         self.service = k8s.core.v1.Service(
             f"{tenant}-service",
@@ -341,6 +396,7 @@ class KubernetesDeployment(pulumi.ComponentResource):
 
     namespace: k8s.core.v1.Namespace | None
     namespace_name: pulumi.Output[str]
+    prefix: str
     servers: dict[str, AgentServer]
     urls: dict[str, pulumi.Output[str]]
 
@@ -355,13 +411,15 @@ class KubernetesDeployment(pulumi.ComponentResource):
         super().__init__("openhands:kubernetes:KubernetesDeployment", name, None, opts)
         settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
         child = pulumi.ResourceOptions(parent=self)
+        self.prefix = name_prefix(settings)
+        namespace = namespace_for(settings, self.prefix)
         self.namespace = None
         if settings.create_namespace:
             # Deleting a namespace deletes every claim in it, so it is retained with the data.
             self.namespace = k8s.core.v1.Namespace(
                 f"{name}-namespace",
                 metadata={
-                    "name": settings.namespace,
+                    "name": namespace,
                     "labels": {
                         "app.kubernetes.io/part-of": "openhands",
                         "app.kubernetes.io/managed-by": "pulumi",
@@ -374,9 +432,10 @@ class KubernetesDeployment(pulumi.ComponentResource):
             )
             self.namespace_name = self.namespace.metadata.apply(lambda m: m.name)
         else:
-            self.namespace_name = pulumi.Output.from_input(settings.namespace)
+            self.namespace_name = pulumi.Output.from_input(namespace)
         self.servers = {
-            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, opts=child) for t in cfg.tenants
+            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, prefix=self.prefix, opts=child)
+            for t in cfg.tenants
         }
         self.urls = {t: s.url for t, s in self.servers.items()}
         self.register_outputs({"urls": self.urls, "namespace": self.namespace_name})
@@ -388,15 +447,27 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
         pulumi.Output.secret(settings.kubeconfig.get_secret_value()) if settings.kubeconfig is not None else None
     )
     # Explicit provider: ambient kubeconfig (KUBECONFIG / ~/.kube/config) unless config gives one.
-    provider = k8s.Provider("kubernetes", kubeconfig=kubeconfig, context=settings.context)
+    # renderTo: the provider writes manifests to that directory instead of applying them. A
+    # relative path is passed as written (the engine starts the provider in the project
+    # directory), so the provider's inputs do not change between checkouts at other paths.
+    provider = k8s.Provider(
+        "kubernetes", kubeconfig=kubeconfig, context=settings.context, render_yaml_to_directory=settings.render_to
+    )
     deployment = KubernetesDeployment(
         "kubernetes", cfg=cfg, keys=keys, opts=pulumi.ResourceOptions(providers={"kubernetes": provider})
     )
+    if settings.render_to is not None:
+        secrets = ", ".join(names(t, deployment.prefix)["secret"] for t in cfg.tenants)
+        pulumi.log.warn(
+            f"kubernetes.renderTo: manifests go to {settings.render_to}; the keys Secrets ({secrets}) are not "
+            "written there (they would be plaintext). Create them from your secret store with the keys in the "
+            "secret outputs (see the README's Kubernetes section)."
+        )
     return Deployment(
         resource=deployment,
         urls=deployment.urls,
         exports={
             "namespace": deployment.namespace_name,
-            "stateClaims": {t: names(t)["claim"] for t in cfg.tenants},
+            "stateClaims": {t: names(t, deployment.prefix)["claim"] for t in cfg.tenants},
         },
     )

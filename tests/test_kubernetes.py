@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -202,8 +203,9 @@ def test_probes_ports_and_args_follow_the_contract(one: Rendered) -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/alive"
     # Room for the measured 6-11 s start plus a state scan before liveness can kill the pod.
     assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 120
-    assert c["resources"] == {"requests": {"cpu": "1000m", "memory": "2048Mi"},
-                              "limits": {"cpu": "1000m", "memory": "2048Mi"}}
+    # The API server's canonical form (tests/test_kube_real.py reads it back unchanged).
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"},
+                              "limits": {"cpu": "1", "memory": "2Gi"}}
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert {k: env[k] for k in contract.container_env()} == contract.container_env()
 
@@ -249,7 +251,11 @@ def test_one_pod_per_volume_and_the_claim_survives_destroy(one: Rendered) -> Non
     # Deleting a namespace deletes its claims: the namespace is kept too.
     (ns,) = [x for x in one.resources if x.type == "kubernetes:core/v1:Namespace"]
     assert ns.retain_on_delete
-    assert one.outputs["stateClaims"] == {"default": "state-agent-default-0"}
+    assert one.outputs["stateClaims"] == {"default": "state-openhands-k8s-default-0"}
+    # A storageSize change must not replace the StatefulSet (immutable template; with
+    # retainData false that would delete the claim): the provider is told to ignore it.
+    (sts_res,) = one.of_type("kubernetes:apps/v1:StatefulSet")
+    assert sts_res.ignore_changes == ["spec.volumeClaimTemplates"]
 
     opted_out = render(STACK, overrides={"retainData": False})
     sts = of_kind(opted_out, "StatefulSet")[0]
@@ -266,7 +272,8 @@ def test_ingress_tls_host_and_websocket_timeouts_per_tenant(three: Rendered) -> 
         host = f"{t}.agents.example.com"
         (rule,) = ing["spec"]["rules"]
         (tls,) = ing["spec"]["tls"]
-        assert rule["host"] == host and tls["hosts"] == [host] and tls["secretName"] == f"agent-{t}-tls"
+        assert rule["host"] == host and tls["hosts"] == [host]
+        assert tls["secretName"] == f"openhands-k8s-{t}-tls"
         assert ing["spec"]["ingressClassName"] == "nginx"
         ann = ing["metadata"]["annotations"]
         assert ann["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
@@ -372,6 +379,10 @@ BAD = {
         "not strictly inside",
     ),
     "reserved namespace": ({"kubernetes.namespace": "kube-system"}, "reserved"),
+    "name prefix too long": ({"kubernetes.namePrefix": "a" * 27}, "openhands:kubernetes.namePrefix"),
+    "name prefix not a label": ({"kubernetes.namePrefix": "Prod_1"}, "openhands:kubernetes.namePrefix"),
+    "renderTo blank": ({"kubernetes.renderTo": "  "}, "renderTo is a directory path"),
+    "renderTo is a file": ({"kubernetes.renderTo": "Pulumi.yaml"}, "exists and is not a directory"),
     "no kubernetes object": ({"kubernetes": None}, "needs the 'kubernetes' object"),
 }
 
@@ -482,3 +493,86 @@ def test_server_runs_on_a_read_only_root_with_the_rendered_scratch_dirs(one: Ren
         text = log.read_text(errors="replace")
         shutil.rmtree(workdir, ignore_errors=True)
     assert "Read-only file system" not in text, text[-3000:]
+
+
+# ------------------------------------------------------------------ names (issue 13)
+
+
+def global_names(r: Rendered) -> set[tuple[str, str | None, str]]:
+    """(kind, namespace, name) of every object: what must not be shared between stacks."""
+    return {(m["kind"], m["metadata"].get("namespace"), m["metadata"]["name"]) for m in manifests(r)}
+
+
+def test_two_stacks_side_by_side_share_no_name() -> None:
+    from tests.test_promotion import dev_outputs
+
+    same_tenants = {"tenants": ["acme", "globex"]}
+    k8s = render(STACK, overrides=same_tenants)
+    prod = render("prod", overrides=same_tenants, stack_outputs=dev_outputs())
+    dev = render("dev", overrides=same_tenants)
+    stacks = {"k8s": global_names(k8s), "prod": global_names(prod), "dev": global_names(dev)}
+    for a in stacks:
+        for b in stacks:
+            if a < b:
+                assert not stacks[a] & stacks[b], (a, b, stacks[a] & stacks[b])
+    # Even forced into one namespace, the object names differ (kind and name).
+    shared = {"kubernetes.namespace": "openhands", **same_tenants}
+    a = {(k, n) for k, _, n in global_names(render(STACK, overrides=shared)) if k != "Namespace"}
+    b = {(k, n) for k, _, n in global_names(render("prod", overrides=shared, stack_outputs=dev_outputs()))
+         if k != "Namespace"}
+    assert not a & b, a & b
+    # Each stack has its own namespace by default.
+    assert k8s.outputs["namespace"] == "openhands-k8s" and prod.outputs["namespace"] == "openhands-prod"
+
+
+def test_another_project_gets_other_names_and_long_ones_are_shortened_stably() -> None:
+    from components.config import KubernetesSettings
+    from components.kubernetes import MAX_PREFIX, name_prefix
+
+    settings = KubernetesSettings.model_validate({"domain": "example.com", "tls": {"clusterIssuer": "x"}})
+    assert name_prefix(settings, "openhands", "prod") == "openhands-prod"
+    assert name_prefix(settings, "acme-agents", "prod") == "openhands-acme-agents-prod"
+    stack = "feature-branch-with-a-very-long-name"
+    long = name_prefix(settings, "openhands", stack)
+    assert len(long) <= MAX_PREFIX and long == name_prefix(settings, "openhands", stack)  # stable
+    assert long != name_prefix(settings, "openhands", stack + "2")  # the hash tells them apart
+    label = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+    for project, stack in (("OpenHands_Deploy", "Prod.EU"), ("openhands", "x" * 90), ("openhands", "dev--1")):
+        p = name_prefix(settings, project, stack)
+        assert len(p) <= MAX_PREFIX and label.match(p), p
+    pinned = KubernetesSettings.model_validate({"domain": "example.com", "tls": {"clusterIssuer": "x"},
+                                                "namePrefix": "agent"})
+    assert name_prefix(pinned, "openhands", "prod") == "agent"  # the names of earlier releases
+
+
+def test_longest_names_fit_kubernetes_limits() -> None:
+    """A 26-character prefix and a 20-character tenant: every name is a valid DNS label, and
+    the StatefulSet name leaves room for the controller-revision-hash pod label (63)."""
+    tenant = "t" * 20
+    r = render(STACK, overrides={"kubernetes.namePrefix": "p" * 26, "tenants": [tenant]})
+    for m in manifests(r):
+        assert len(m["metadata"]["name"]) <= 63, m["metadata"]["name"]
+    (sts,) = of_kind(r, "StatefulSet")
+    assert len(sts["metadata"]["name"]) + 1 + 10 <= 63
+
+
+# ------------------------------------------------------------------ renderTo (issue 11)
+
+
+def test_render_to_sets_the_providers_directory_and_writes_no_plaintext_key() -> None:
+    """Only the provider input is checked here: the kubernetes plugin cannot be built on this
+    machine, so its file output is not run for real."""
+    r = render(STACK, overrides={"kubernetes.renderTo": "rendered/k8s", "tenants": THREE})
+    (prov,) = r.of_type("pulumi:providers:kubernetes")
+    # Passed as written: the engine starts the provider in the project directory, and a
+    # relative path keeps the provider's inputs equal between checkouts at other paths.
+    assert prov.inputs["renderYamlToDirectory"] == "rendered/k8s"
+    assert not of_kind(r, "Secret"), "the provider would write the keys in plaintext"
+    assert any("renderTo" in w and "not written" in w for w in r.warnings), r.warnings
+    # The pods still read the keys by reference, from the Secret the user provides.
+    for sts in of_kind(r, "StatefulSet"):
+        refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in container(sts)["env"] if "valueFrom" in e}
+        assert refs == {f"openhands-k8s-{tenant_of(sts)}-keys"}
+    absolute = render(STACK, overrides={"kubernetes.renderTo": "/tmp/openhands-rendered"})
+    assert absolute.one("pulumi:providers:kubernetes").inputs["renderYamlToDirectory"] == "/tmp/openhands-rendered"
+    assert "renderYamlToDirectory" not in render(STACK).one("pulumi:providers:kubernetes").inputs
