@@ -249,7 +249,7 @@ def _state_salt(stack: Any) -> str | None:
     return (provider.get("state") or {}).get("salt")
 
 
-def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout) -> Session:
+def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout, *, create: bool = True) -> Session:
     """Select the stack, creating it first (without touching the tracked stack file) if needed."""
     from pulumi import automation as auto
 
@@ -263,6 +263,11 @@ def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout) -> Se
     try:
         stack = auto.Stack.select(name, ws)
     except auto.errors.StackNotFoundError:
+        if not create:
+            backend = s.env.get("PULUMI_BACKEND_URL") or "your Pulumi backend"
+            raise OperatorError(
+                f"stack {name!r} does not exist in {backend}: deploy it first (`uv run openhands up -s {name}`)"
+            ) from None
         # `stack init` here would append `encryptionsalt:` to stacks/Pulumi.<stack>.yaml: init from a
         # scratch copy of the project instead; the salt is also kept in the backend's checkpoint.
         with tempfile.TemporaryDirectory(prefix="openhands-init-") as scratch:
@@ -687,7 +692,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         s = settings(project)
         for note in s.notes:
             print(note, file=out)
-        session = open_stack(args.stack, s, exe, out)
+        session = open_stack(args.stack, s, exe, out, create=args.command in ("up", "preview"))
         return COMMANDS[args.command][0](session, args)
     except OperatorError as exc:
         print(str(exc) if str(exc).startswith("error:") else f"error: {exc}", file=err)

@@ -121,7 +121,18 @@ def test_users_passphrase_env_is_used_and_a_wrong_one_is_one_message(engine_proj
     assert_one_clear_message(proc, "incorrect passphrase", "set PULUMI_CONFIG_PASSPHRASE(_FILE)")
 
 
+def test_commands_other_than_up_and_preview_never_create_a_stack(engine_project) -> None:
+    for command in (["connect"], ["status"], ["down"], ["rotate"]):
+        proc = engine_project.openhands(*command)
+        assert proc.returncode == 2
+        assert proc.stderr.startswith("error: stack 'local' does not exist in file://"), proc.stderr
+        assert proc.stderr.endswith(": deploy it first (`uv run openhands up -s local`)\n")
+    assert json.loads(engine_project.pulumi("stack", "ls", "--json").stdout) == []
+
+
 def test_rotate_raises_keys_rotation_by_one_then_runs_up(engine_project) -> None:
+    first = engine_project.openhands("up")  # creates the stack; stops at the Docker plugin here
+    assert first.returncode == 1 and "created stack 'local'" in first.stdout
     for expected in (1, 2):
         proc = engine_project.openhands("rotate", "-s", "local")
         assert f"keys.rotation: {expected - 1} -> {expected} (in Pulumi.local.yaml)" in proc.stdout
@@ -343,6 +354,7 @@ def test_key_rotation_commands_run_as_written(engine_project) -> None:
     commands = section_commands("Key rotation")
     assert commands == ["uv run openhands rotate -s <stack>", "pulumi config set --path keys.rotation N -s <stack>",
                         "pulumi up -s <stack>"]
+    assert engine_project.openhands("up").returncode == 1  # the stack exists (and stops at the Docker plugin)
     rotate = run_as_written(engine_project, commands[0])
     assert "keys.rotation: 0 -> 1" in rotate.stdout
     assert rotate.returncode == 1 and "pulumi-resource-docker" in rotate.stderr  # no Docker plugin here
