@@ -870,6 +870,11 @@ _MODAL_NAME = r"^[a-zA-Z0-9][a-zA-Z0-9._-]*$"
 MODAL_NAME_MAX = 64
 
 
+def _modal_base_limit(field: str) -> int:
+    """Longest base name: room for "-<tenant>-keys" (Secret) or "-<tenant>" (Volume)."""
+    return MODAL_NAME_MAX - 21 - (5 if field == "app_name" else 0)
+
+
 class ModalSettings(Settings):
     """The Modal model: per tenant one Modal app, one Secret (the keys) and one Volume (the state)."""
 
@@ -881,8 +886,11 @@ class ModalSettings(Settings):
             "main",
         ),
     )
-    app_name: str = "openhands-agent-server"
-    volume_name: str = "openhands-state"
+    # Modal names are global to a Modal environment, so by default they carry the project and
+    # the stack: two stacks (or projects) deploying into one environment never share an app,
+    # Secret or Volume. Set them to adopt objects that already exist under other names.
+    app_name: str | None = None  # default <project>-<stack>
+    volume_name: str | None = None  # default <project>-<stack>-state
     min_containers: int = 1
     max_containers: int = 1
     scaledown_window: int = Field(300, ge=2, le=3600)
@@ -916,9 +924,10 @@ class ModalSettings(Settings):
 
     @field_validator("app_name", "volume_name")
     @classmethod
-    def _modal_name(cls, value: str, info: ValidationInfo) -> str:
-        # Longest suffix: "-<tenant>-keys" for the app (Secret name), "-<tenant>" for the volume.
-        limit = MODAL_NAME_MAX - 21 - (5 if info.field_name == "app_name" else 0)
+    def _modal_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        limit = _modal_base_limit(info.field_name)
         if not re.match(_MODAL_NAME, value):
             raise ValueError(
                 f"{value!r} is not a Modal name: use letters, digits, '-', '_' or '.', starting with a "
@@ -941,14 +950,24 @@ class ModalSettings(Settings):
             )
         return self
 
+    def _base(self, field: str) -> str:
+        explicit = getattr(self, field)
+        if explicit is not None:
+            return explicit
+        suffix = ("state",) if field == "volume_name" else ()
+        return contract.global_name(
+            pulumi.get_project(), pulumi.get_stack(), *suffix,
+            max_length=_modal_base_limit(field), invalid=r"[^A-Za-z0-9._-]",
+        )
+
     def app_for(self, tenant: str) -> str:
-        return f"{self.app_name}-{tenant}"
+        return f"{self._base('app_name')}-{tenant}"
 
     def secret_for(self, tenant: str) -> str:
-        return f"{self.app_name}-{tenant}-keys"
+        return f"{self._base('app_name')}-{tenant}-keys"
 
     def volume_for(self, tenant: str) -> str:
-        return f"{self.volume_name}-{tenant}"
+        return f"{self._base('volume_name')}-{tenant}"
 
     @property
     def canvas_ui_path(self) -> str:

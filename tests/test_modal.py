@@ -186,7 +186,7 @@ def test_app_built_with_the_real_modal_library(modal_stack: Rendered, monkeypatc
     env_spy = Spy(monkeypatch, modal.Image, "env")
     spec = spec_of(modal_stack)
     app = build_app(spec)  # modal validates the arguments here, offline
-    assert app.name == "openhands-agent-server-default"
+    assert app.name == "openhands-modal-default"
 
     (_, kw), = cls_spy.calls
     assert kw["min_containers"] == 1 and kw["max_containers"] == 1
@@ -204,9 +204,9 @@ def test_app_built_with_the_real_modal_library(modal_stack: Rendered, monkeypatc
     # What Modal itself recorded for the class's service function.
     info = synchronizer._translate_in(app)._local_state.functions["AgentServer.*"]._function_info
     assert set(info.volumes) == {contract.DATA_DIR}
-    assert info.volumes[contract.DATA_DIR].name == "openhands-state-default"
+    assert info.volumes[contract.DATA_DIR].name == "openhands-modal-state-default"
     assert all(env[k].startswith(contract.DATA_DIR + "/") for k in contract.STATE_ENV)  # all state in the volume
-    assert info.secrets == ["modal.Secret.from_name('openhands-agent-server-default-keys', environment_name='main')"]
+    assert info.secrets == ["modal.Secret.from_name('openhands-modal-default-keys', environment_name='main')"]
     assert info.concurrency_info.max_inputs == 100
     assert info.cpu == 1.0 and info.memory_mib == 2048
     assert info.method_names == ["serve"]
@@ -248,7 +248,7 @@ def test_module_level_app_for_modal_deploy(modal_stack: Rendered):
     ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                         env={"PATH": "/usr/bin:/bin", "OPENHANDS_MODAL_SPEC": spec})
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.strip() == "openhands-agent-server-default"
+    assert ok.stdout.strip() == "openhands-modal-default"
     missing = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                              env={"PATH": "/usr/bin:/bin"})
     assert missing.returncode != 0 and "OPENHANDS_MODAL_SPEC is not set" in missing.stderr
@@ -316,15 +316,15 @@ def test_create_puts_secret_volume_and_deploys(modal_stack: Rendered):
     assert rpc.is_rpc_secret(props["secretEnv"])  # as the engine passes it
     result = p.create(props)
     assert fake.calls == [
-        ("put_secret", "openhands-agent-server-default-keys", "main"),
-        ("ensure_volume", "openhands-state-default", "main"),
-        ("deploy", "openhands-agent-server-default", "main"),
+        ("put_secret", "openhands-modal-default-keys", "main"),
+        ("ensure_volume", "openhands-modal-state-default", "main"),
+        ("deploy", "openhands-modal-default", "main"),
     ]
     key = modal_stack.outputs["apiKey"]["default"]
-    secret_env = fake.secrets["openhands-agent-server-default-keys"]
+    secret_env = fake.secrets["openhands-modal-default-keys"]
     assert set(secret_env) == {"OH_SESSION_API_KEYS_0", "OH_SECRET_KEY"} and secret_env["OH_SESSION_API_KEYS_0"] == key
-    assert result.id == "main/openhands-agent-server-default"
-    assert result.outs["url"] == "https://ws--openhands-agent-server-default-agentserver-serve.modal.run"
+    assert result.id == "main/openhands-modal-default"
+    assert result.outs["url"] == "https://ws--openhands-modal-default-agentserver-serve.modal.run"
     # State keeps the hash of the keys, never the keys.
     assert "secretEnv" not in result.outs and key not in json.dumps(result.outs)
     assert result.outs["secretHash"] == res.inputs["secretHash"]
@@ -353,7 +353,7 @@ def test_diff_and_update_redeploy_only_on_change(modal_stack: Rendered):
     assert p.diff("id", olds, rotated).changes
     p.update("id", olds, rotated)
     assert fake.names() == ["put_secret", "ensure_volume", "deploy"]
-    env = fake.secrets["openhands-agent-server-default-keys"]
+    env = fake.secrets["openhands-modal-default-keys"]
     assert {"OH_SESSION_API_KEYS_1", "OH_PREVIOUS_SECRET_KEYS_0"} <= set(env)
 
     # The pinned image: redeploy.
@@ -381,12 +381,12 @@ def test_delete_stops_the_app_and_keeps_the_volume(modal_stack: Rendered):
     outs = p.create(provider_props(modal_stack.one(APP))).outs
     fake.calls.clear()
     p.delete("id", outs)
-    assert fake.calls == [("stop", "openhands-agent-server-default", "main")]
+    assert fake.calls == [("stop", "openhands-modal-default", "main")]
 
     fake.calls.clear()
     p.delete("id", {**outs, "retainData": False})
     assert fake.names() == ["stop", "delete_volume", "delete_secret"]
-    assert ("delete_volume", "openhands-state-default", "main") in fake.calls
+    assert ("delete_volume", "openhands-modal-state-default", "main") in fake.calls
 
 
 def test_token_comes_from_secret_config_not_state():

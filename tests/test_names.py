@@ -86,3 +86,31 @@ def test_global_name_shape():
     assert contract.global_name("p", "a.b") == "p-a-b"
     long = contract.global_name("p", "s" * 300, max_length=40)
     assert len(long) == 40 and long != contract.global_name("p", "s" * 299, max_length=40)
+
+
+def modal_names(rendered: Rendered) -> set[str]:
+    """The Modal app, Secret and Volume names: global to a Modal environment."""
+    out: set[str] = set()
+    for res in rendered.resources:
+        if res.custom and res.type.startswith("pulumi-python:dynamic"):
+            out |= {str(res.inputs[k]) for k in ("appName", "secretName", "volumeName") if k in res.inputs}
+    return out
+
+
+def test_two_modal_stacks_share_no_app_secret_or_volume():
+    config = load_stack_config("modal")
+    first = modal_names(render("modal", config=config))
+    other_stack = modal_names(render("modal-b", config=config))
+    other_project = modal_names(render("modal", config=config, project="acme-agents"))
+    assert len(first) == 3, first
+    assert not first & other_stack and not first & other_project
+    assert first == {"openhands-modal-default", "openhands-modal-default-keys", "openhands-modal-state-default"}
+
+
+def test_modal_names_keep_to_modals_limit():
+    from components.config import MODAL_NAME_MAX
+
+    config = load_stack_config("modal")
+    config["openhands:tenants"] = ["t" * 20]
+    names = modal_names(render("s" * 80, config=config))
+    assert names and all(len(n) <= MODAL_NAME_MAX for n in names), names
