@@ -381,6 +381,11 @@ def run_engine(session: Session, op: str, overrides: Mapping[str, Any] | None = 
     progress = Progress(session.out, preview=op == "preview")
     config_file = _engine(lambda: session.config_file(overrides), "read the stack's secrets provider")
     kwargs: dict[str, Any] = {"on_event": progress, "color": "never"}
+    if op != "preview":
+        # The Automation API ends up/destroy with `pulumi stack history --show-secrets`, which ignores
+        # --config-file and writes a new encryptionsalt into the tracked stack file; the summary needs
+        # no secrets.
+        kwargs["show_secrets"] = False
     if config_file:
         kwargs["config_file"] = config_file
     print(f"{op} of stack {session.name!r} ...", file=session.out, flush=True)

@@ -150,7 +150,7 @@ def _seed(stack: str, outputs: dict[str, Any]) -> int:
             pulumi.export(name, pulumi.Output.secret(value) if name in ("apiKey", "secretKeys") else value)
 
     session = _session(stack)
-    session.stack.up(program=program, on_output=print, config_file=session.config_file())
+    session.stack.up(program=program, on_output=print, config_file=session.config_file(), show_secrets=False)
     return 0
 
 

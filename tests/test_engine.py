@@ -141,8 +141,9 @@ def test_rotate_raises_keys_rotation_by_one_then_runs_up(engine_project) -> None
         assert_one_clear_message(proc, "error: up of stack 'local' failed:", "pulumi-resource-docker")
         got = engine_project.pulumi("config", "get", "--path", "openhands:keys.rotation", "--stack", "local")
         assert got.stdout.strip() == str(expected)
-    assert yaml.safe_load(engine_project.stack_file("local").read_text())["config"]["openhands:keys"] == {
-        "rotation": 2}
+    rotated = engine_project.stack_file("local").read_text()
+    assert yaml.safe_load(rotated)["config"]["openhands:keys"] == {"rotation": 2}
+    assert "encryptionsalt" not in rotated  # the only change is the counter
 
 
 SEEDED = {
@@ -171,6 +172,7 @@ def test_connect_prints_canvas_values_from_the_stack_outputs(engine_project) -> 
     assert "127.0.0.1 bob.localhost default.localhost" in hidden.stdout
     shown = engine_project.openhands("connect", "default", "--show-secrets")
     assert f"API Key: {'d' * 48}" in shown.stdout and "b" * 48 not in shown.stdout
+    assert "encryptionsalt" not in engine_project.stack_file("local").read_text()
     missing = engine_project.openhands("connect", "carol")
     assert missing.returncode == 2
     assert missing.stderr == "error: no tenant 'carol' in stack 'local'; its tenants: bob, default\n"
@@ -220,6 +222,7 @@ def test_status_of_a_local_stack_trusts_caddys_root_copied_from_its_container(en
 
 
 def test_down_keeps_data_saves_the_keys_and_empties_the_state(engine_project) -> None:
+    tracked = engine_project.stack_file("local").read_bytes()
     seed(engine_project, "local", SEEDED)
     assert engine_project.resources("local") != []
     proc = engine_project.openhands("down")
@@ -229,6 +232,8 @@ def test_down_keeps_data_saves_the_keys_and_empties_the_state(engine_project) ->
     assert stat.S_IMODE(saved.stat().st_mode) == 0o600
     assert json.loads(saved.read_text()) == SEEDED["secretKeys"]
     assert engine_project.resources("local") == []
+    # Secret outputs were read and the stack destroyed; the tracked stack file never got a salt.
+    assert engine_project.stack_file("local").read_bytes() == tracked
 
 
 def test_down_delete_data_needs_confirmation(engine_project) -> None:
