@@ -164,6 +164,9 @@ def seed(project, stack: str, outputs: dict) -> None:
 
 def test_connect_prints_canvas_values_from_the_stack_outputs(engine_project) -> None:
     seed(engine_project, "local", SEEDED)
+    # The keys are secret outputs: the state holds them only encrypted with the generated passphrase.
+    state = engine_project.pulumi("stack", "export", "--stack", "local").stdout
+    assert "d" * 48 not in state and "b" * 48 not in state and '"ciphertext"' in state
     hidden = engine_project.openhands("connect")
     assert hidden.returncode == 0, hidden.stderr
     assert "Host:    https://bob.localhost:8443" in hidden.stdout
