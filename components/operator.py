@@ -170,6 +170,10 @@ def settings(project: Path, environ: Mapping[str, str] = os.environ) -> Settings
         state.mkdir(parents=True, exist_ok=True)
         s.env["PULUMI_BACKEND_URL"] = state.as_uri()
         s.notes.append(f"backend: {state} (a file backend in the project)")
+    if not environ.get("PULUMI_PYTHON_CMD") and not environ.get("PULUMI_RUNTIME_VIRTUALENV"):
+        # The engine starts dynamic providers (Modal's) with `python3 -m pulumi.dynamic` from PATH unless
+        # told otherwise; it must be this interpreter, which has the SDK and imports components/.
+        s.env["PULUMI_PYTHON_CMD"] = sys.executable
     if any(environ.get(k) for k in PASSPHRASE_ENV):
         s.notes.append("passphrase: from " + " / ".join(k for k in PASSPHRASE_ENV if environ.get(k)))
     else:

@@ -13,7 +13,9 @@ Also a command line, run as a subprocess so every engine run starts from a fresh
 ``python -m tests.real_engine seed STACK JSON`` runs ``up`` of an inline program that only exports
 JSON's keys (to give a stack outputs without any provider plugin), and
 ``python -m tests.real_engine program-preview STACK`` runs ``preview`` of the real program through the
-engine without the operator's config pre-check (the engine path of a bad config).
+engine without the operator's config pre-check (the engine path of a bad config), and
+``python -m tests.real_engine modal-app STACK preview|up`` runs one Modal app resource (our dynamic
+provider) alone.
 """
 
 from __future__ import annotations
@@ -166,10 +168,45 @@ def _program_preview(stack: str) -> int:
     return 0
 
 
+def _modal_app(stack: str, op: str) -> int:
+    """One tenant's Modal app resource (our dynamic provider) alone: the stack's keys would need the
+    random plugin. Prints the engine's output; exit 1 if the engine failed."""
+    import pulumi
+    from pulumi.automation import errors
+
+    from components import config, contract, modal_deploy
+
+    session = _session(stack)
+    values = session.stack.get_all_config()
+    prefix = config.NAMESPACE + ":"
+    cfg = config.parse({k[len(prefix):]: v.value for k, v in values.items() if k.startswith(prefix)}, set(), stack)
+    names = ["OH_SESSION_API_KEYS_0", contract.SECRET_KEY_ENV]
+
+    def program() -> None:
+        spec = modal_deploy.spec_for(cfg, cfg.tenants[0], names)
+        props = spec.to_dict()
+        app = modal_deploy.ModalAppResource(f"{cfg.tenants[0]}-modal-app", {
+            "appName": spec.app_name, "environment": spec.environment or "", "secretName": spec.secret_name,
+            "volumeName": spec.volume_name, "role": contract.ROLE, "spec": props,
+            "specHash": modal_deploy.spec_hash(props), "secretEnv": pulumi.Output.secret({n: "k" * 48 for n in names}),
+            "secretHash": "test", "retainData": True,
+        }, opts=pulumi.ResourceOptions(additional_secret_outputs=["secretEnv"]))
+        pulumi.export("url", app.url)
+
+    kwargs = {"program": program, "config_file": session.config_file(), "on_output": print, "color": "never"}
+    try:
+        getattr(session.stack, op)(**kwargs, **({"show_secrets": False} if op == "up" else {}))
+    except errors.CommandError:
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
     op, stack_name, *rest = sys.argv[1:]
     if op == "seed":
         sys.exit(_seed(stack_name, json.loads(rest[0])))
     if op == "program-preview":
         sys.exit(_program_preview(stack_name))
+    if op == "modal-app":
+        sys.exit(_modal_app(stack_name, rest[0]))
     sys.exit(f"unknown helper command {op!r}")

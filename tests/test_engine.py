@@ -17,6 +17,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -262,6 +263,25 @@ def test_down_refuses_a_stack_whose_config_deletes_data(engine_project) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: stack 'dev' sets retainData: false, so `down` would delete its data")
     assert engine_project.resources("dev") != []
+
+
+# --------------------------------------------------------------------------- issue 11 #4 (the part that runs)
+
+
+def test_modal_dynamic_provider_runs_in_the_engines_provider_process(engine_project) -> None:
+    """Our Modal provider, pickled by reference to components.modal_deploy, is loaded by the engine's
+    `pulumi-resource-pulumi-python` (from scripts/engine) in its own process, from a project copy at
+    another path. Only the app resource runs: the modal stack's keys need the random plugin."""
+    preview = engine_project.helper("modal-app", "modal", "preview")
+    assert preview.returncode == 0, preview.stdout + preview.stderr
+    assert "+  pulumi-python:dynamic/modal:App default-modal-app create" in preview.stdout
+    t0 = time.monotonic()
+    up = engine_project.helper("modal-app", "modal", "up")  # no Modal token, no network
+    took = time.monotonic() - t0
+    assert up.returncode == 1 and took < 60, (took, up.stdout)
+    assert "Token missing. Could not authenticate client." in up.stdout
+    kinds = [r["type"] for r in engine_project.resources("modal")]
+    assert "pulumi-python:dynamic/modal:App" not in kinds  # nothing half-created
 
 
 # --------------------------------------------------------------------------- issue 11 #3 (the parts that run)

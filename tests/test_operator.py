@@ -116,11 +116,12 @@ def test_settings_use_the_project_backend_and_passphrase_file(tmp_path: Path) ->
     assert s.env["PULUMI_BACKEND_URL"] == (tmp_path / ".openhands-deploy" / "state").as_uri()
     assert s.env["PULUMI_CONFIG_PASSPHRASE_FILE"] == str(tmp_path / ".openhands-deploy" / "passphrase")
     assert (tmp_path / ".openhands-deploy" / "state").is_dir()
+    assert s.env["PULUMI_PYTHON_CMD"] == sys.executable  # dynamic providers run with this interpreter
 
 
 def test_settings_respect_the_users_backend_and_passphrase(tmp_path: Path) -> None:
     env = {"PULUMI_BACKEND_URL": "s3://bucket/x", "PULUMI_CONFIG_PASSPHRASE": "pw", "PULUMI_HOME": str(tmp_path)}
-    s = operator.settings(tmp_path, environ=env)
+    s = operator.settings(tmp_path, environ={**env, "PULUMI_PYTHON_CMD": "/usr/bin/python3"})
     assert s.env == {}
     assert "backend: s3://bucket/x (PULUMI_BACKEND_URL)" in s.notes
     assert not (tmp_path / ".openhands-deploy" / "passphrase").exists()
