@@ -10,6 +10,8 @@ Where things live, unless the user says otherwise:
   ``PULUMI_BACKEND_URL`` is set or the user is logged in (``pulumi login ...``) elsewhere;
 * passphrase: generated once into ``.openhands-deploy/passphrase`` (mode 0600), unless
   ``PULUMI_CONFIG_PASSPHRASE`` or ``PULUMI_CONFIG_PASSPHRASE_FILE`` is set;
+* dynamic providers (Modal's) run with this process's Python (``PULUMI_PYTHON_CMD``), which has the
+  SDK and imports ``components``, unless ``PULUMI_PYTHON_CMD`` or ``PULUMI_RUNTIME_VIRTUALENV`` is set;
 * stack config: the tracked ``stacks/Pulumi.<stack>.yaml`` is read, never rewritten by init.
   ``pulumi stack init`` would append the passphrase's ``encryptionsalt`` to it (measured with
   3.259.0). So the stack is created from a scratch workspace (the salt also lands in the
