@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,14 +70,51 @@ def stored(dep: Deployment) -> dict[str, str]:
         status, body = dep.https(t, "/api/settings/secrets", key, method="PUT",
                                  body={"name": SECRET[0], "value": f"{SECRET[1]}-{t}"})
         assert status == 200, body
-        status, body = dep.https(
-            t, "/api/conversations", key, method="POST",
-            body={"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
-                  "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}},
-        )
-        assert status == 201, body[:500]
-        ids[t] = json.loads(body)["id"]
+        ids[t] = new_conversation(dep, t)
     return ids
+
+
+def new_conversation(dep: Deployment, tenant: str) -> str:
+    """Create a conversation: the server activates it and holds its lease from then on."""
+    status, body = dep.https(
+        tenant, "/api/conversations", dep.key(tenant), method="POST",
+        body={"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
+              "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}},
+    )
+    assert status == 201, body[:500]
+    return json.loads(body)["id"]
+
+
+class Watch:
+    """Polls one path through the proxy in a thread (every 0.2 s) and keeps the statuses:
+    what a client sees while containers are replaced (502 while none listens)."""
+
+    def __init__(self, dep: Deployment, tenant: str, path: str, key: str):
+        self.statuses: list[int] = []
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                try:
+                    self.statuses.append(dep.https(tenant, path, key, timeout=3)[0])
+                except (OSError, ssl.SSLError):
+                    self.statuses.append(0)
+                time.sleep(0.2)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[int]:
+        self._stop.set()
+        self._thread.join()
+        return self.statuses
+
+
+def served(conversation_id: str) -> str:
+    """A path that needs the conversation live on this server (it takes the conversation's lease):
+    its events. The metadata (GET /api/conversations/<id>) is read from disk even while another
+    server holds the lease, so it proves nothing."""
+    return f"/api/conversations/{conversation_id}/events/search"
 
 
 def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_of=None) -> None:
@@ -84,7 +122,7 @@ def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_o
     for t in tenants:
         key = (key_of or dep.key)(t)
         assert dep.https(t, f"/api/settings/secrets/{SECRET[0]}", key) == (200, f"{SECRET[1]}-{t}")
-        status, body = dep.https(t, f"/api/conversations/{stored[t]}", key)
+        status, body = dep.https(t, served(stored[t]), key)
         assert status == 200, f"{t}: conversation {stored[t]} -> {status} {body[:200]}"
 
 
@@ -243,7 +281,14 @@ def test_state_survives_recreate(client, dep: Deployment, stored):
 
 def test_rotation_keeps_secrets_and_serves_conversations_at_once(client, dep: Deployment, stored):
     old_keys = {t: dep.key(t) for t in TENANTS}
+    # Conversations the old servers hold live (and hold the lease of) when the rotation comes.
+    live = {t: new_conversation(dep, t) for t in TENANTS}
+    watches = {t: Watch(dep, t, served(live[t]), old_keys[t]) for t in TENANTS}
     steps = dep.up(**{"keys.rotation": 1})
+    time.sleep(1)
+    seen = {t: w.stop() for t, w in watches.items()}
+    for t in TENANTS:  # 502 while the new server boots, never a 404 (a conversation lost to a lease)
+        assert 404 not in seen[t] and seen[t][-1] == 200, (t, sorted(set(seen[t])))
     replaced = sorted(s.name for s in steps if s.op == "replace")
     assert replaced == sorted(f"{t}-agent-server" for t in TENANTS)
     assert not [s for s in steps if s.name == "docker-proxy-caddy" and s.op != "same"]
@@ -252,6 +297,7 @@ def test_rotation_keeps_secrets_and_serves_conversations_at_once(client, dep: De
     # `up` returned after the healthchecks: everything is served on the first request,
     # not after the 45 s lease of a SIGKILLed predecessor.
     assert_state(dep, stored)
+    assert_state(dep, live)
     for t in TENANTS:  # the previous key keeps working until the next rotation
         assert dep.https(t, contract.AUTH_CHECK_PATH, old_keys[t])[0] == 200
 
@@ -273,3 +319,23 @@ def test_destroy_with_retain_keeps_volumes_and_reapply_reattaches(client, dep: D
     for t in TENANTS:
         dep.wait_ready(t)
     assert_state(dep, stored)
+
+
+def test_control_without_grace_a_replacement_loses_its_conversations(client, dep: Deployment, stored):
+    # The model before STOP_GRACE_SECONDS: no destroy_grace_seconds, so the provider force-removes
+    # (SIGKILL). The dead server's lease names another hostname, so its replacement answers 404
+    # for the conversation until the lease expires (45 s). Last test: alice stays degraded.
+    live = new_conversation(dep, "alice")
+    key = dep.key("alice")
+    watch = Watch(dep, "alice", served(live), key)
+    applier = dep.applier
+    old = applier.named("alice-agent-server")
+    old.outputs["destroy_grace_seconds"] = 0  # what the state of the old render held
+    applier._delete(old)  # noqa: SLF001 - `pulumi up --replace`
+    applier.up(dep.rendered)
+    deadline = time.monotonic() + 60
+    while (not watch.statuses or watch.statuses[-1] != 200) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen = watch.stop()
+    assert 404 in seen, f"expected the SIGKILLed server's lease to hide the conversation a while: {sorted(set(seen))}"
+    assert seen[-1] == 200  # until the lease expired
