@@ -160,14 +160,14 @@ class Client:
         return self.request("GET", path, ok404=True)[0]
 
 
-def _ints(value: Any) -> Any:
+def whole_numbers(value: Any) -> Any:
     """Pulumi's wire format carries numbers as doubles; the provider sends whole ones as integers."""
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, dict):
-        return {k: _ints(v) for k, v in value.items()}
+        return {k: whole_numbers(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_ints(v) for v in value]
+        return [whole_numbers(v) for v in value]
     return value
 
 
@@ -264,7 +264,7 @@ class Applier:
 
     @staticmethod
     def manifest(r: Resource) -> dict[str, Any]:
-        return _ints(copy.deepcopy(r.inputs))
+        return whole_numbers(copy.deepcopy(r.inputs))
 
     # -------------------------------------------------------------- apply
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from components.render import Rendered, render
-from tests.kube_apply import Applier, ApplyError, StackState, Step, UnknownResourceType
+from tests.kube_apply import Applier, ApplyError, StackState, Step, UnknownResourceType, whole_numbers
 
 if TYPE_CHECKING:
     from tests.real_kube import Kube
@@ -149,6 +149,29 @@ def test_two_tenants_are_accepted_and_ready_in_a_restricted_namespace(kube: Kube
             live = kube.get(f"/apis/networking.k8s.io/v1/namespaces/{ns}/{plural}/{m['metadata']['name']}")
             assert live is not None, m["metadata"]["name"]
             assert not subset(m["spec"], live["spec"]), subset(m["spec"], live["spec"])
+
+    # The admission is real, not vacuous: a pod that breaks `restricted` is refused here.
+    rogue = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "rogue", "namespace": ns},
+             "spec": {"containers": [{"name": "c", "image": "registry.invalid/x:1"}]}}
+    with pytest.raises(ApplyError, match='violates PodSecurity "restricted:latest"'):
+        kube.client.request("POST", f"/api/v1/namespaces/{ns}/pods", json.dumps(rogue))
+
+
+def test_config_refuses_what_the_api_server_refuses(kube: Kube) -> None:
+    """exceptCidrs outside allowCidrs: config.py says the API server rejects it; it does."""
+    from components.config import ConfigError
+
+    egress = {"allowCidrs": ["10.0.0.0/8"], "exceptCidrs": ["192.168.0.0/16"]}
+    with pytest.raises(ConfigError, match="not strictly inside"):
+        render_k8s("t-x", ["alpha"], **{"kubernetes.egress": egress})
+    ns = kube.namespace("netpol")
+    kube.client.request("POST", "/api/v1/namespaces", json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+    (policy,) = [whole_numbers(m) for m in manifests(render_k8s(ns, ["alpha"]), "NetworkPolicy")]
+    policy["spec"]["egress"] = [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["192.168.0.0/16"]}}]}]
+    with pytest.raises(ApplyError, match="HTTP 422"):
+        kube.client.request("POST", f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+                            json.dumps(policy))
 
 
 # ------------------------------------------------------------------ 2 + 3. rotation, no-op
