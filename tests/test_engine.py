@@ -407,3 +407,40 @@ def test_teardown_commands_run_as_written(engine_project) -> None:
     delete = run_as_written(engine_project, commands[1])  # no terminal to confirm on
     assert delete.returncode == 2
     assert delete.stderr.endswith("error: --delete-data deletes every tenant's data for good: confirm with --yes\n")
+
+
+# --------------------------------------------------------------------------- scripts/engine, offline paths
+
+
+def run_engine_script(tmp_path: Path, go_version: str | None, *args: str) -> subprocess.CompletedProcess:
+    """scripts/engine with a stand-in `go` that only reports its version (nothing is downloaded)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if go_version is not None:
+        fake = bin_dir / "go"
+        fake.write_text(f'#!/bin/sh\n[ "$1 $2" = "env GOVERSION" ] && echo {go_version} && exit 0\nexit 3\n')
+        fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path), "OPENHANDS_CACHE": str(tmp_path / "cache")}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "engine"), *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_engine_script_needs_go(tmp_path: Path) -> None:
+    proc = run_engine_script(tmp_path, None)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("scripts/engine: Go is not installed (needs go >= 1.25")
+
+
+def test_engine_script_refuses_an_old_go(tmp_path: Path) -> None:
+    proc = run_engine_script(tmp_path, "go1.19.8")
+    assert proc.returncode == 1
+    assert proc.stderr == ("scripts/engine: Go go1.19.8 is too old: the Pulumi CLI 3.259.0 needs go >= 1.25 "
+                           "(its go.mod: go 1.25.11)\n")
+
+
+def test_engine_script_check_builds_nothing(tmp_path: Path) -> None:
+    proc = run_engine_script(tmp_path, "go1.26.8", "--check")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "no cached build in " in proc.stderr
+    assert re.search(r"/engine/pulumi-3\.259\.0_shims-\d+\.\d+\.\d+_go1\.26\.8/bin", proc.stderr), proc.stderr
+    assert not (tmp_path / "cache" / "engine" / "go").exists()  # no module or build cache started
