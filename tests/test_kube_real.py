@@ -283,7 +283,7 @@ def test_dev_and_prod_in_two_namespaces_of_one_cluster(kube: Kube) -> None:
     assert prod.outputs["promotedFrom"]["image"] == dev.outputs["image"]
     volumes_for(kube, dev, ns_dev)
     volumes_for(kube, prod, ns_prod)
-    up(kube, dev)
+    dev_state, _ = up(kube, dev)
     up(kube, prod)
     for ns, r in ((ns_dev, dev), (ns_prod, prod)):
         for m in manifests(r, "StatefulSet"):
@@ -294,6 +294,15 @@ def test_dev_and_prod_in_two_namespaces_of_one_cluster(kube: Kube) -> None:
     dev_names = {m["metadata"]["name"] for m in manifests(dev, "StatefulSet") + manifests(dev, "Secret")}
     prod_names = {m["metadata"]["name"] for m in manifests(prod, "StatefulSet") + manifests(prod, "Secret")}
     assert not dev_names & prod_names
+
+    # Destroying dev (retainData: false) takes its namespace and claims, and nothing of prod's.
+    prod_versions = {p["metadata"]["name"]: p["metadata"]["resourceVersion"] for p in pods(kube, ns_prod).values()}
+    steps = kube.applier.destroy(dev_state)
+    assert {s.action for s in steps} == {"delete"}
+    assert kube.get(f"/api/v1/namespaces/{ns_dev}") is None
+    assert {p["metadata"]["name"]: p["metadata"]["resourceVersion"]
+            for p in pods(kube, ns_prod).values()} == prod_versions
+    assert set(claims(kube, ns_prod)) == set(prod.outputs["stateClaims"].values())
 
 
 def test_two_stacks_in_one_namespace_never_touch_each_others_objects(kube: Kube) -> None:
