@@ -32,9 +32,10 @@ import docker.errors
 import pytest
 
 from components import caddy, contract
+from components.docker import MIN_ENGINE_API
 from components.render import Rendered, load_stack_config, render
 from tests.agent_server import free_port
-from tests.docker_apply import CONTAINER, Applier
+from tests.docker_apply import CONTAINER, Applier, _version
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGES_SCRIPT = ROOT / "scripts" / "docker-images"
@@ -49,11 +50,17 @@ def unavailable(reason: str) -> None:
 
 
 def engine() -> docker.DockerClient:
+    """A client speaking the README's minimum Engine API (1.41) to whatever engine answers, so
+    the tests prove the stack works on Docker 20.10 even on a newer engine."""
     try:
-        client = docker.from_env(version="auto", timeout=300)
-        client.ping()
+        negotiated = docker.from_env(version="auto", timeout=300)
+        negotiated.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach the engine means "no engine"
         unavailable(f"no Docker engine reachable ({type(exc).__name__}: {exc}); start dockerd")
+    if _version(negotiated.api.api_version) < _version(MIN_ENGINE_API):
+        unavailable(f"the Docker engine speaks API {negotiated.api.api_version}; the stack needs >= {MIN_ENGINE_API}")
+    client = docker.from_env(version=MIN_ENGINE_API, timeout=300)
+    client.negotiated_api_version = negotiated.api.api_version  # type: ignore[attr-defined]
     return client
 
 

@@ -27,7 +27,7 @@ import pytest
 from components import contract
 from components.docker import MIN_ENGINE_API
 from tests import real_docker
-from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError
+from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError, _version
 from tests.real_docker import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,9 +130,13 @@ def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_o
 
 
 def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
-    # The client negotiated the engine's API, the README's minimum: nothing rendered needs more.
+    # Everything here was created speaking API 1.41, the README's minimum: nothing rendered needs more.
+    # On Debian 12's docker.io (20.10) that is also what the client negotiates.
     assert client.api.api_version == MIN_ENGINE_API == "1.41"
-    assert client.version()["ApiVersion"] == "1.41"
+    server = client.version()
+    assert _version(client.negotiated_api_version) >= _version("1.41")
+    if server["Version"].startswith("20.10."):
+        assert client.negotiated_api_version == server["ApiVersion"] == "1.41"
     created = {(s.type, s.name) for s in dep.first_steps if s.op == "create"}
     assert {(CONTAINER, f"{t}-agent-server") for t in TENANTS} <= created
     for t in TENANTS:
@@ -198,8 +202,8 @@ def test_smoke_command_passes_for_every_tenant(dep: Deployment, tmp_path):
     outputs.write_text(json.dumps(dep.rendered.outputs, default=str))
     proc = subprocess.run(
         [sys.executable, "-m", "components", "smoke", "-s", dep.stack, "--outputs", str(outputs),
-         "--ca-file", str(dep.ca), "--timeout", "30"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+         "--ca-file", str(dep.ca), "--timeout", "60"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,  # generous: CI shares 2 cores with other jobs
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"OK: all {len(TENANTS)} tenant(s) passed" in proc.stdout, proc.stdout
