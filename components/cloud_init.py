@@ -25,6 +25,8 @@ import shlex
 
 import yaml
 
+from components import contract
+
 MOUNT_POINT = "/srv/openhands"
 DOCKER_DATA_ROOT = f"{MOUNT_POINT}/docker"
 FS_LABEL = "openhands-data"
@@ -33,9 +35,9 @@ FS_LABEL = "openhands-data"
 DEVICE_NAME = "/dev/sdf"
 READY_MARKER = "/var/lib/openhands/cloud-init.done"
 SETUP_SCRIPT = "/usr/local/sbin/openhands-setup"
-# The healthcheck's start interval needs Docker API 1.44 (Engine 25); older engines
-# reject the container. Checked on the VM so a too-old docker.io fails the boot clearly.
-MIN_DOCKER_API = "1.44"
+# The oldest engine the rendered containers run on (the contract's); checked on the VM so a
+# too-old docker.io fails the boot clearly instead of the first container create.
+MIN_DOCKER_API = contract.DOCKER_MIN_API
 ATTACH_WAIT_SECONDS = 600
 
 _VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
@@ -106,7 +108,7 @@ usermod -aG docker {q(ssh_user)}
 systemctl enable --now docker
 api=$(docker version --format '{{{{.Server.APIVersion}}}}')
 if [ "$(printf '%s\\n' {MIN_DOCKER_API} "$api" | sort -V | head -n1)" != {MIN_DOCKER_API} ]; then
-  echo "openhands: docker.io speaks API $api; the containers need >= {MIN_DOCKER_API} (Docker 25+)" >&2
+  echo "openhands: docker.io speaks API $api; the containers need >= {MIN_DOCKER_API} (Docker 20.10+)" >&2
   exit 1
 fi
 root=$(docker info --format '{{{{.DockerRootDir}}}}')

@@ -357,9 +357,8 @@ class VmSettings(Settings):
             r"^[a-z][a-z0-9-]*\d[a-z0-9-]*\.[a-z0-9]+$", "an EC2 instance type: <family>.<size>", "t3.large"
         ),
     )
-    # Debian 12 is not offered: its docker.io (20.10, API 1.41) rejects the healthcheck's
-    # start interval, which needs Docker API 1.44 (Engine 25). Ubuntu backports Docker to LTS.
-    os: Literal["ubuntu-24.04", "debian-13"] = "ubuntu-24.04"
+    # Each ships a docker.io the containers run on (API >= contract.DOCKER_MIN_API, Docker 20.10).
+    os: Literal["ubuntu-24.04", "debian-13", "debian-12"] = "ubuntu-24.04"
     vpc_id: str | None = Field(None, pattern=_VPC_ID)
     subnet_id: str | None = Field(None, pattern=_SUBNET_ID)
     ssh_public_key: str = Field(

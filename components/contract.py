@@ -90,6 +90,11 @@ PREVIOUS_SECRET_KEY_ENV = "OH_PREVIOUS_SECRET_KEYS_{}"
 
 AUTH_HEADER = "X-Session-API-Key"
 
+# The oldest Docker Engine API the rendered containers need: Docker 20.10 (Debian 12's docker.io).
+# Newer API fields are left out: pulumi-docker's client refuses to create a container that sets one on
+# an older engine (a healthcheck start_interval needs 1.44, Docker 25). Tested on a 20.10 engine.
+DOCKER_MIN_API = "1.41"
+
 # How every model labels/tags the agent-server workload, so policies can find it.
 ROLE = "agent-server"
 
@@ -188,6 +193,12 @@ HEALTHCHECK_INTERVAL_SECONDS = 15
 HEALTHCHECK_TIMEOUT_SECONDS = 5
 HEALTHCHECK_RETRIES = 3
 
+# How long a runtime waits after SIGTERM before SIGKILL. On SIGTERM the server exits in
+# 0.6-1.5 s and deletes its conversation leases; a SIGKILLed server leaves them behind, and a
+# replacement with a new hostname answers 404 "Conversation not found" until the lease
+# expires (45 s). 10 s is Docker's own default stop timeout.
+STOP_GRACE_SECONDS = 10
+
 
 def container_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Plain env for the agent-server container, with optional model-specific extras."""
@@ -197,12 +208,6 @@ def container_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
             raise ValueError(f"{key} is owned by the runtime contract and cannot be overridden")
     env.update(extra or {})
     return env
-
-# How long a runtime waits after SIGTERM before SIGKILL. On SIGTERM the server exits in
-# 0.6-1.5 s and deletes its conversation leases; a SIGKILLed server leaves them behind, and a
-# replacement with a new hostname answers 404 "Conversation not found" until the lease
-# expires (45 s). 10 s is Docker's own default stop timeout.
-STOP_GRACE_SECONDS = 10
 
 
 def map_paths(env: Mapping[str, str], mapping: Mapping[str, str]) -> dict[str, str]:

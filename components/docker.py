@@ -40,10 +40,7 @@ def _labels(role: str, tenant: str | None = None) -> list[docker.ContainerLabelA
     return labels
 
 
-# The oldest Docker Engine API the rendered containers need (Docker 20.10, Debian 12's docker.io).
-# Fields of newer APIs are left out: the provider's client refuses to create a container that
-# sets one on an older engine (e.g. healthcheck start_interval needs 1.44, Docker 25).
-MIN_ENGINE_API = "1.41"
+MIN_ENGINE_API = contract.DOCKER_MIN_API
 
 
 def healthcheck() -> docker.ContainerHealthcheckArgs:

@@ -30,10 +30,11 @@ from components.keys import TenantKeys
 from components.program import Deployment
 
 # AMI owners: Canonical and Debian's official AWS account.
-AMI_OWNERS = {"ubuntu-24.04": "099720109477", "debian-13": "136693071363"}
+AMI_OWNERS = {"ubuntu-24.04": "099720109477", "debian-13": "136693071363", "debian-12": "136693071363"}
 AMI_NAMES = {
     "ubuntu-24.04": "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-{arch}-server-*",
     "debian-13": "debian-13-{arch}-*",
+    "debian-12": "debian-12-{arch}-*",
 }
 _ARCH = {"x86_64": "amd64", "arm64": "arm64"}
 SNAPSHOT_TAG = "openhands:snapshots"

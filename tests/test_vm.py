@@ -207,6 +207,13 @@ def test_ami_lookup_follows_os_and_architecture():
         "136693071363", "debian-13-arm64-*")
     assert VmSettings.model_validate({**base, "instanceType": "g5.xlarge"}).architecture == "x86_64"
     assert VmSettings.model_validate({**base, "os": "debian-13"}).ssh_user == "admin"
+    # Debian 12's docker.io 20.10 runs the containers (tests/test_docker_real.py on a 20.10 engine).
+    assert ami_filter(VmSettings.model_validate({**base, "os": "debian-12"})) == ("136693071363", "debian-12-amd64-*")
+
+
+def test_boot_checks_the_engine_api_the_containers_need():
+    """The VM's boot refuses an engine older than the one the Docker model is tested on, and no newer."""
+    assert cloud_init.MIN_DOCKER_API == contract.DOCKER_MIN_API == "1.41"
 
 
 def ingress_by_port(rendered: Rendered) -> dict[int, set[str]]:
@@ -263,7 +270,7 @@ def test_admin_cidr_errors_are_clear_and_register_nothing(admin, message):
         ({"docker.vm.ingressCidrs": ["198.51.100.0/24"]}, "ingressCidrs to include 0.0.0.0/0"),
         ({"docker.tls": "internal"}, "tls 'internal' is for a local engine"),
         ({"docker.vm.sshPublicKey": None}, "sshPublicKey: is required"),
-        ({"docker.vm.os": "debian-12"}, "debian-13"),
+        ({"docker.vm.os": "debian-11"}, "debian-12"),
         ({**SELFSIGNED, "docker.httpPort": 22}, "cannot be 22"),
     ],
 )
