@@ -218,7 +218,8 @@ def test_status_of_a_local_stack_trusts_caddys_root_copied_from_its_container(en
             "localCaRoot": f"Caddy's internal root CA, to trust once: docker cp {name}:/data/root.crt ."})
         proc = engine_project.openhands("status", "--timeout", "1")
     finally:
-        subprocess.run([docker, "rm", "-f", name], capture_output=True)
+        # -v: the image declares anonymous volumes (/config, /data), which would outlive the container
+        subprocess.run([docker, "rm", "-f", "-v", name], capture_output=True)
     copied = engine_project.dir / ".openhands-deploy" / "local" / "caddy-root.crt"
     assert f"trusting Caddy's root CA from container {name} (copied to {copied})" in proc.stdout, proc.stderr
     assert copied.read_bytes() == pem.read_bytes()
