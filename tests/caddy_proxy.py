@@ -73,13 +73,7 @@ class Caddy:
 
     def http(self, host: str, path: str, timeout: float = 10) -> tuple[int, str | None]:
         """Plain HTTP; returns (status, Location header)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
-        try:
-            conn.request("GET", path, headers={"Host": f"{host}:{self.http_port}"})
-            resp = conn.getresponse()
-            return resp.status, resp.getheader("Location")
-        finally:
-            conn.close()
+        return http_redirect(host, self.http_port, path, timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -149,3 +143,14 @@ def serve(
         server.stop()
         raise AssertionError(f"caddy did not serve https on {https_port}:\n{log.read_text()[-3000:]}")
     return server
+
+
+def http_redirect(host: str, port: int, path: str, timeout: float = 10) -> tuple[int, str | None]:
+    """Plain HTTP GET to 127.0.0.1:port for ``host``; returns (status, Location header)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": f"{host}:{port}"})
+        resp = conn.getresponse()
+        return resp.status, resp.getheader("Location")
+    finally:
+        conn.close()

@@ -130,14 +130,6 @@ def https(host: str, port: int, path: str, ca: Path, headers: Mapping[str, str] 
         conn.close()
 
 
-def http_redirect(host: str, port: int, path: str, timeout: float = 10) -> tuple[int, str | None]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Host": f"{host}:{port}"})
-        resp = conn.getresponse()
-        return resp.status, resp.getheader("Location")
-    finally:
-        conn.close()
 
 
 # ------------------------------------------------------------------ one applied stack

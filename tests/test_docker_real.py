@@ -27,6 +27,7 @@ import pytest
 from components import contract
 from components.docker import MIN_ENGINE_API
 from tests import real_docker
+from tests.caddy_proxy import http_redirect
 from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError, _version
 from tests.real_docker import Deployment
 
@@ -186,7 +187,7 @@ def test_through_caddy_with_its_own_ca(dep: Deployment):
         assert dep.https(t, contract.READINESS_PROBE.path) == (200, '{"status":"ready"}')
         assert dep.https(t, contract.AUTH_CHECK_PATH)[0] == 401
         assert dep.https(t, contract.AUTH_CHECK_PATH, dep.key(t))[0] == 200
-        status, location = real_docker.http_redirect(dep.host(t), dep.http_port, "/ready?x=1")
+        status, location = http_redirect(dep.host(t), dep.http_port, "/ready?x=1")
         assert (status, location) == (308, f"https://{dep.host(t)}:{dep.https_port}/ready?x=1")
     # One tenant's key opens no other tenant.
     assert dep.https("bob", contract.AUTH_CHECK_PATH, dep.key("alice"))[0] == 401
