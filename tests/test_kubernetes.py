@@ -25,6 +25,7 @@ from components.config import ConfigError
 from components.kubernetes import SUPPORTED_K8S_VERSIONS
 from components.render import Rendered, imported_sdks_for, render
 from tests import checkov_runner
+from tests.kube_apply import whole_numbers
 
 STACK = "k8s"
 THREE = ["alpha", "bravo", "charlie"]
@@ -67,17 +68,6 @@ def resolved_env(r: Rendered, sts: dict[str, Any]) -> dict[str, str]:
             ref = e["valueFrom"]["secretKeyRef"]
             env[e["name"]] = secrets[ref["name"]]["stringData"][ref["key"]]
     return env
-
-
-def _int(v: Any) -> Any:
-    # Pulumi's wire format carries numbers as doubles; the provider sends them as JSON integers.
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, dict):
-        return {k: _int(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_int(x) for x in v]
-    return v
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +124,7 @@ def test_supported_versions_are_what_kubernetes_validate_ships() -> None:
 def test_checkov_finds_nothing_beyond_the_documented_skips(three: Rendered, tmp_path: Path) -> None:
     skips = checkov_runner.skips()
     assert skips and all(reason.strip() and "\n" not in reason.strip() for reason in skips.values())
-    checkov_runner.write_manifests([_int(m) for m in manifests(three)], tmp_path / "manifests")
+    checkov_runner.write_manifests([whole_numbers(m) for m in manifests(three)], tmp_path / "manifests")
     report = checkov_runner.run(tmp_path / "manifests")
     assert report["summary"]["parsing_errors"] == 0
     # checkov counts each object, plus each container on its own.
