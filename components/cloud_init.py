@@ -35,9 +35,6 @@ FS_LABEL = "openhands-data"
 DEVICE_NAME = "/dev/sdf"
 READY_MARKER = "/var/lib/openhands/cloud-init.done"
 SETUP_SCRIPT = "/usr/local/sbin/openhands-setup"
-# The oldest engine the rendered containers run on (the contract's); checked on the VM so a
-# too-old docker.io fails the boot clearly instead of the first container create.
-MIN_DOCKER_API = contract.DOCKER_MIN_API
 ATTACH_WAIT_SECONDS = 600
 
 _VOLUME_ID_RE = re.compile(r"^vol-[0-9a-f]{8,17}$")
@@ -106,9 +103,11 @@ for attempt in 1 2 3 4 5; do
 done
 usermod -aG docker {q(ssh_user)}
 systemctl enable --now docker
+# The oldest engine the containers run on (the contract's): a too-old docker.io fails the boot
+# clearly instead of the first container create.
 api=$(docker version --format '{{{{.Server.APIVersion}}}}')
-if [ "$(printf '%s\\n' {MIN_DOCKER_API} "$api" | sort -V | head -n1)" != {MIN_DOCKER_API} ]; then
-  echo "openhands: docker.io speaks API $api; the containers need >= {MIN_DOCKER_API} (Docker 20.10+)" >&2
+if [ "$(printf '%s\\n' {contract.DOCKER_MIN_API} "$api" | sort -V | head -n1)" != {contract.DOCKER_MIN_API} ]; then
+  echo "openhands: docker.io speaks API $api; the containers need >= {contract.DOCKER_MIN_API} (Docker 20.10+)" >&2
   exit 1
 fi
 root=$(docker info --format '{{{{.DockerRootDir}}}}')

@@ -40,9 +40,6 @@ def _labels(role: str, tenant: str | None = None) -> list[docker.ContainerLabelA
     return labels
 
 
-MIN_ENGINE_API = contract.DOCKER_MIN_API
-
-
 def healthcheck() -> docker.ContainerHealthcheckArgs:
     """The contract's readiness check, run inside the container by the engine.
 

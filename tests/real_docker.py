@@ -32,7 +32,7 @@ import docker.errors
 import pytest
 
 from components import caddy, contract
-from components.docker import MIN_ENGINE_API
+from components.contract import DOCKER_MIN_API
 from components.render import Rendered, load_stack_config, render
 from tests.agent_server import free_port
 from tests.docker_apply import CONTAINER, Applier, _version
@@ -57,9 +57,9 @@ def engine() -> docker.DockerClient:
         negotiated.ping()
     except Exception as exc:  # noqa: BLE001 - any failure to reach the engine means "no engine"
         unavailable(f"no Docker engine reachable ({type(exc).__name__}: {exc}); start dockerd")
-    if _version(negotiated.api.api_version) < _version(MIN_ENGINE_API):
-        unavailable(f"the Docker engine speaks API {negotiated.api.api_version}; the stack needs >= {MIN_ENGINE_API}")
-    client = docker.from_env(version=MIN_ENGINE_API, timeout=300)
+    if _version(negotiated.api.api_version) < _version(DOCKER_MIN_API):
+        unavailable(f"the Docker engine speaks API {negotiated.api.api_version}; the stack needs >= {DOCKER_MIN_API}")
+    client = docker.from_env(version=DOCKER_MIN_API, timeout=300)
     client.negotiated_api_version = negotiated.api.api_version  # type: ignore[attr-defined]
     return client
 

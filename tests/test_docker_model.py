@@ -18,7 +18,7 @@ import pytest
 from components import contract
 from components import render as render_mod
 from components.config import ConfigError
-from components.docker import MIN_ENGINE_API
+from components.contract import DOCKER_MIN_API
 from components.render import Rendered, load_stack_config, render
 from tests.agent_server import free_port
 from tests.docker_apply import CONTAINER, FIELD_MIN_API, IMAGE, NETWORK, VOLUME, _version
@@ -43,13 +43,13 @@ def proxy(rendered: Rendered):
 def test_nothing_rendered_needs_a_newer_engine_api_than_the_readme_states(three: Rendered):
     readme = (ROOT / "README.md").read_text()
     stated = re.search(r"Docker Engine >= 20\.10 \(API (\d+\.\d+)\)", readme)
-    assert stated and stated.group(1) == MIN_ENGINE_API == "1.41"
+    assert stated and stated.group(1) == DOCKER_MIN_API == "1.41"
     for c in three.of_type(CONTAINER):
         hc = c.inputs.get("healthcheck") or {}
         assert "startInterval" not in hc, f"{c.name}: healthcheck start_interval needs API 1.44"
         used = {f"healthcheck.{k}" for k in hc}
         for path in used & set(FIELD_MIN_API):
-            assert _version(FIELD_MIN_API[path]) <= _version(MIN_ENGINE_API), (c.name, path)
+            assert _version(FIELD_MIN_API[path]) <= _version(DOCKER_MIN_API), (c.name, path)
     # The start period stays: the first failures while the server boots do not count.
     for c in agents(three):
         assert c.inputs["healthcheck"]["startPeriod"] == f"{contract.STARTUP_BUDGET_SECONDS}s"

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from components import contract
-from components.docker import MIN_ENGINE_API
+from components.contract import DOCKER_MIN_API
 from tests import real_docker
 from tests.caddy_proxy import http_redirect
 from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError, _version
@@ -134,7 +134,7 @@ def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_o
 def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
     # Everything here was created speaking API 1.41, the README's minimum: nothing rendered needs more.
     # On Debian 12's docker.io (20.10) that is also what the client negotiates.
-    assert client.api.api_version == MIN_ENGINE_API == "1.41"
+    assert client.api.api_version == DOCKER_MIN_API == "1.41"
     server = client.version()
     assert _version(client.negotiated_api_version) >= _version("1.41")
     if server["Version"].startswith("20.10."):

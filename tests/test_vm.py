@@ -211,9 +211,12 @@ def test_ami_lookup_follows_os_and_architecture():
     assert ami_filter(VmSettings.model_validate({**base, "os": "debian-12"})) == ("136693071363", "debian-12-amd64-*")
 
 
-def test_boot_checks_the_engine_api_the_containers_need():
+def test_boot_checks_the_engine_api_the_containers_need(three: Rendered):
     """The VM's boot refuses an engine older than the one the Docker model is tested on, and no newer."""
-    assert cloud_init.MIN_DOCKER_API == contract.DOCKER_MIN_API == "1.41"
+    doc = yaml.safe_load(three.one(INSTANCE).inputs["userData"])
+    script = {f["path"]: f["content"] for f in doc["write_files"]}[cloud_init.SETUP_SCRIPT]
+    assert contract.DOCKER_MIN_API == "1.41"
+    assert "printf '%s\\n' 1.41 \"$api\" | sort -V | head -n1)\" != 1.41 ]" in script
 
 
 def ingress_by_port(rendered: Rendered) -> dict[int, set[str]]:
