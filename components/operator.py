@@ -320,6 +320,10 @@ def engine_message(text: str) -> str:
 
 _VERB = {"create": "+", "update": "~", "delete": "-", "replace": "+-", "create-replacement": "++",
          "delete-replaced": "--", "read": ">", "refresh": "~", "import": "=", "discard": "-"}
+# What the line says when a step finishes (the engine's op names are not all verbs).
+_DONE = {"create": "created", "update": "updated", "delete": "deleted", "replace": "replaced",
+         "create-replacement": "created replacement", "delete-replaced": "deleted replaced", "read": "read",
+         "refresh": "refreshed", "import": "imported", "discard": "discarded"}
 
 
 class Progress:
@@ -344,7 +348,8 @@ class Progress:
             meta = done.metadata
             if meta.op.value != "same" and meta.urn in self.started:
                 took = time.monotonic() - self.started.pop(meta.urn)
-                self._line(f"    {meta.op.value + 'd':<18} {meta.type} {_name(meta.urn)} ({took:.1f} s)")
+                done_ = _DONE.get(meta.op.value, meta.op.value)
+                self._line(f"    {done_:<18} {meta.type} {_name(meta.urn)} ({took:.1f} s)")
         elif (failed := event.res_op_failed_event) is not None:
             self.errors.append(f"{_name(failed.metadata.urn)}: {failed.metadata.op.value} failed")
         elif (diag := event.diagnostic_event) is not None:

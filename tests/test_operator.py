@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -217,6 +218,19 @@ def test_progress_reports_a_program_error_once(capsys: pytest.CaptureFixture[str
                                                      ephemeral=None)))
     assert progress.error_text() == "invalid configuration for stack 'local':\n  - x"
     assert capsys.readouterr().out == "warning: careful\n"
+
+
+@pytest.mark.parametrize(("op", "said"), [("create", "created"), ("replace", "replaced"),
+                                          ("create-replacement", "created replacement"),
+                                          ("delete-replaced", "deleted replaced"), ("read", "read")])
+def test_progress_says_what_finished_in_words(capsys: pytest.CaptureFixture[str], op: str, said: str) -> None:
+    progress = operator.Progress(sys.stdout, preview=False)
+    urn = "urn:pulumi:k8s::openhands::kubernetes:core/v1:Secret::alpha-keys"
+    meta = SimpleNamespace(op=SimpleNamespace(value=op), urn=urn, type="kubernetes:core/v1:Secret")
+    progress(_event(resource_pre_event=SimpleNamespace(metadata=meta)))
+    progress(_event(res_outputs_event=SimpleNamespace(metadata=meta)))
+    done = capsys.readouterr().out.splitlines()[-1]
+    assert re.fullmatch(rf"    {said} +kubernetes:core/v1:Secret alpha-keys \(\d+\.\d s\)", done), done
 
 
 def test_deployed_generation_reads_the_key_resources() -> None:
