@@ -2,7 +2,8 @@
 
 Commands (``-s/--stack``, default ``local``): ``up``, ``preview``, ``down`` (keeps data unless
 ``--delete-data``), ``rotate`` (``keys.rotation`` + 1, then up), ``status`` (the smoke check of
-``components/smoke.py``) and ``connect [TENANT]`` (what Agent Canvas needs).
+``components/smoke.py``), ``connect [TENANT]`` (what Agent Canvas needs) and ``doctor`` (the
+preflight of ``components/preflight.py`` alone; ``up``, ``preview`` and ``rotate`` run it first).
 
 Where things live, unless the user says otherwise:
 
@@ -564,6 +565,13 @@ def cmd_down(session: Session, args: argparse.Namespace, stdin: TextIO | None = 
               + (f", and the keys that decrypt them are saved in {saved} (mode 0600)" if saved else ""),
               file=session.out)
         return 0
+    if not _deployed(session):
+        # `--delete-data` works by an up without the retain flags, then a destroy: on an empty stack that
+        # up would deploy every tenant again first. Data kept by an earlier `down` is outside the stack.
+        print(f"stack {session.name!r} has nothing deployed, so nothing was deleted. Data volumes kept by an "
+              f"earlier `down` are no longer in the stack: `uv run openhands up -s {session.name}` re-attaches "
+              f"them, then `uv run openhands down -s {session.name} --delete-data` deletes them.", file=session.out)
+        return 0
     if not args.yes:
         if not stdin.isatty():
             raise OperatorError("--delete-data deletes every tenant's data for good: confirm with --yes")
@@ -577,6 +585,13 @@ def cmd_down(session: Session, args: argparse.Namespace, stdin: TextIO | None = 
     run_engine(session, "destroy", overrides)
     print(f"stack {session.name!r} is down and its data is deleted", file=session.out)
     return 0
+
+
+def _deployed(session: Session) -> bool:
+    """Whether the stack's state holds any resource beyond the root Stack and providers."""
+    resources = (_engine(session.stack.export_stack, "read the state").deployment or {}).get("resources") or []
+    return any(not str(r.get("type", "")).startswith(("pulumi:pulumi:Stack", "pulumi:providers:"))
+               for r in resources)
 
 
 def _save_secret_keys(session: Session) -> Path | None:
@@ -669,6 +684,30 @@ COMMANDS: dict[str, tuple[Callable[..., int], str]] = {
 }
 
 
+PREFLIGHT_COMMANDS = ("up", "preview", "rotate")
+SKIP_PREFLIGHT_ENV = "OPENHANDS_SKIP_PREFLIGHT"
+
+
+def run_preflight(project: Path, stack: str, out: TextIO, *, strict: bool, exe: str | None = None) -> int:
+    """Print one line per check of components/preflight.py; OperatorError (exit 2) if one blocks."""
+    from components import config, preflight
+
+    print(f"preflight of stack {stack!r}:", file=out, flush=True)
+    try:
+        report = preflight.run(project, stack, exe=exe)
+    except config.ConfigError as exc:
+        raise OperatorError(f"error: {exc}", EXIT_USAGE) from None
+    print(report.text(), file=out, flush=True)
+    blocking = report.blocking(strict)
+    if blocking:
+        raise OperatorError(f"preflight: {len(blocking)} check(s) failed ({', '.join(r.name for r in blocking)}); "
+                            "nothing was changed", EXIT_USAGE)
+    unknown = sum(r.ok is None for r in report.results)
+    print(f"preflight: {len(report.results) - unknown} checks passed"
+          + (f", {unknown} could not run (--strict makes them fail)" if unknown else ""), file=out, flush=True)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="openhands", description="Deploy and operate the OpenHands agent server (Pulumi Automation API).",
@@ -680,6 +719,15 @@ def parser() -> argparse.ArgumentParser:
                         help="stack name, stacks/Pulumi.<stack>.yaml (default: %(default)s)")
     cmds = {name: sub.add_parser(name, parents=[common], help=text, description=text)
             for name, (_, text) in COMMANDS.items()}
+    doctor = "check what the stack needs before `up` (also run by up, preview and rotate); exit 2 if one fails"
+    cmds["doctor"] = sub.add_parser("doctor", parents=[common], help=doctor, description=doctor)
+    for name in ("doctor", *PREFLIGHT_COMMANDS):
+        cmds[name].add_argument("--strict", action="store_true",
+                                help="a check that cannot run (offline, no permission) fails too")
+    for name in PREFLIGHT_COMMANDS:
+        cmds[name].add_argument("--skip-preflight", action="store_true",
+                                default=bool(os.environ.get(SKIP_PREFLIGHT_ENV)),
+                                help=f"start the engine without the checks (also: {SKIP_PREFLIGHT_ENV}=1)")
     for name in ("up", "rotate", "connect"):
         cmds[name].add_argument("--show-secrets", action="store_true", help="print the API keys")
     cmds["down"].add_argument("--delete-data", action="store_true", help="also delete every tenant's data")
@@ -704,7 +752,12 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         if not (project / "stacks" / f"Pulumi.{args.stack}.yaml").is_file():
             shipped = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (project / "stacks").glob("Pulumi.*.yaml"))
             raise OperatorError(f"no stacks/Pulumi.{args.stack}.yaml; the shipped stacks: {', '.join(shipped)}")
+        if args.command == "doctor":
+            return run_preflight(project, args.stack, out, strict=args.strict)
         exe = pulumi_cli()
+        if args.command in PREFLIGHT_COMMANDS and not args.skip_preflight:
+            # Before the stack is even selected: a failure leaves no stack and no state behind.
+            run_preflight(project, args.stack, out, strict=args.strict, exe=exe)
         s = settings(project)
         for note in s.notes:
             print(note, file=out)
