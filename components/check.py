@@ -1,13 +1,14 @@
 """``python -m components check -s <stack>``: render a stack offline, run the policy pack and the validators.
 
 No cloud credentials, no Pulumi CLI. The stack is rendered through the mock runtime
-(``components.render``); every resource's inputs are then turned into exactly what the
-engine hands the analyzer (a protobuf ``Struct`` -> ``MessageToDict`` ->
-``pulumi_policy.deserialize.deserialize_properties`` -> ``unknown_checking_proxy``: wire
-names, secrets unwrapped, numbers as floats) and every policy of ``policy/policies.py`` runs
-on them, at the enforcement level the pack config gives it. The real validators run where
-they are installed: kubernetes-validate (strict), botocore's ECS model, ``cloud-init
-schema`` and ``caddy adapt``/``validate``; a missing one is skipped with a note.
+(``components.render``); every resource becomes the ``AnalyzeRequest`` the engine sends the
+policy pack (``analyze_request``: wire names, secrets as secret envelopes, numbers as floats,
+and only the options the protocol carries: protect and additionalSecretOutputs, no
+retainOnDelete), which is read the way pulumi-policy's analyzer reads it (``validation_args``)
+and every policy of ``policy/policies.py`` runs on it, at the enforcement level the pack config
+gives it. The real validators run where they are installed: kubernetes-validate (strict),
+botocore's ECS model, ``cloud-init schema`` and ``caddy adapt``/``validate``; a missing one is
+skipped with a note.
 
 Exit status: 0 clean, 1 a mandatory violation or a validator error, 2 bad usage or config.
 """
@@ -25,8 +26,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,15 +106,61 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def engine_props(raw_inputs: dict[str, Any]) -> Any:
-    """The props a policy receives from the engine for these (secret-wrapped) inputs."""
-    from google.protobuf import json_format, struct_pb2
-    from pulumi_policy.deserialize import deserialize_properties
-    from pulumi_policy.proxy import unknown_checking_proxy
+def _struct(raw_inputs: dict[str, Any]) -> Any:
+    from google.protobuf import struct_pb2
 
     struct = struct_pb2.Struct()
     struct.update(_plain(raw_inputs))
-    return unknown_checking_proxy(deserialize_properties(json_format.MessageToDict(struct)))
+    return struct
+
+
+def analyze_request(r: harness.Resource, by_urn: Mapping[str, harness.Resource]) -> Any:
+    """The ``AnalyzeRequest`` the engine sends the policy pack for ``r`` before it acts on it.
+
+    As pulumi 3.276 builds it (``pkg/resource/deploy/step_generator.go`` ``analyzeAll``, marshalled by
+    ``pkg/resource/plugin/analyzer_plugin.go`` ``Analyze``/``marshalResourceOptions``): the inputs with
+    secrets kept as secret envelopes, the URN's name, and the options protect, ignoreChanges,
+    deleteBeforeReplace(+Defined), additionalSecretOutputs, customTimeouts and parent, plus the
+    provider resource and its inputs. The protocol has no retainOnDelete, so a policy never sees it.
+    Offline differences: the engine sends the inputs after the provider's Check (which may add
+    defaults), no aliases or custom timeouts are recorded here (no model sets them), and a default
+    provider (one the program never registered) is not sent."""
+    from pulumi.runtime.proto import analyzer_pb2
+
+    options = analyzer_pb2.AnalyzerResourceOptions(
+        protect=r.protect,
+        ignoreChanges=list(r.ignore_changes),
+        deleteBeforeReplace=r.delete_before_replace,
+        deleteBeforeReplaceDefined=r.delete_before_replace,  # not recorded: an explicit False reads as unset
+        additionalSecretOutputs=list(r.additional_secret_outputs),
+        customTimeouts=analyzer_pb2.AnalyzerResourceOptions.CustomTimeouts(),
+        parent=r.parent if r.parent in by_urn else "",
+    )
+    request = analyzer_pb2.AnalyzeRequest(type=r.type, properties=_struct(r.raw_inputs), urn=r.urn, name=r.name,
+                                          options=options)
+    provider = by_urn.get(r.provider.rsplit("::", 1)[0]) if r.provider else None
+    if provider is not None:
+        request.provider.CopyFrom(analyzer_pb2.AnalyzerProviderResource(
+            type=provider.type, properties=_struct(provider.raw_inputs), urn=provider.urn, name=provider.name))
+    return request
+
+
+def validation_args(request: Any, config: Mapping[str, Any] | None) -> Any:
+    """The ``ResourceValidationArgs`` pulumi-policy 1.21.0's analyzer hands each policy for ``request``
+    (``_PolicyAnalyzerServicer.Analyze``): props deserialized with secrets unwrapped and unmarked, the
+    options and provider read from the request, and the policy's config."""
+    from google.protobuf import json_format
+    from pulumi_policy import ResourceValidationArgs
+    from pulumi_policy.deserialize import deserialize_properties
+    from pulumi_policy.policy import _PolicyAnalyzerServicer
+    from pulumi_policy.proxy import unknown_checking_proxy
+
+    props = unknown_checking_proxy(deserialize_properties(json_format.MessageToDict(request.properties)))
+    # Both helpers read only the request; calling them unbound keeps this in step with the servicer.
+    opts = _PolicyAnalyzerServicer._get_resource_options(None, request)  # type: ignore[arg-type]
+    provider = _PolicyAnalyzerServicer._get_provider_resource(None, request)  # type: ignore[arg-type]
+    return ResourceValidationArgs(request.type, props, request.urn, request.name, opts, provider, dict(config or {}),
+                                  {})
 
 
 # --------------------------------------------------------------------------- report records
@@ -194,32 +240,19 @@ class Report:
 # --------------------------------------------------------------------------- running the pack
 
 
-class _Args:
-    """Harness extras the policies read with getattr (see policy/policies.py docstring)."""
-
-
 def run_policies(rendered: harness.Rendered, config: dict[str, tuple[str | None, dict[str, Any]]]) -> tuple[
         list[Violation], list[dict[str, Any]]]:
+    """Every policy on what the engine would hand it: resource policies on ``analyze_request`` as the
+    analyzer deserializes it, stack policies on the same props and options (the engine's AnalyzeStack
+    sends each resource's outputs; offline the inputs stand in for them)."""
     import asyncio
 
-    from pulumi_policy import (
-        PolicyCustomTimeouts,
-        PolicyResource,
-        PolicyResourceOptions,
-        ResourceValidationArgs,
-        ResourceValidationPolicy,
-        StackValidationArgs,
-    )
+    from pulumi_policy import PolicyResource, ResourceValidationPolicy, StackValidationArgs
 
     mod = load_policies()
     by_urn = {r.urn: r for r in rendered.resources}
     analyzed = [r for r in rendered.resources if not r.type.startswith("pulumi:providers:")]
-    prepared = []
-    for r in analyzed:
-        parent = by_urn.get(r.parent)
-        opts = PolicyResourceOptions(r.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), [],
-                                     r.parent if parent else None)
-        prepared.append((r, engine_props(r.raw_inputs), opts))
+    prepared = [(r, analyze_request(r, by_urn)) for r in analyzed]
 
     violations: list[Violation] = []
     summary: list[dict[str, Any]] = []
@@ -247,16 +280,18 @@ def run_policies(rendered: harness.Rendered, config: dict[str, tuple[str | None,
 
         try:
             if isinstance(policy, ResourceValidationPolicy):
-                for r, props_, opts in prepared:
-                    args = ResourceValidationArgs(r.type, props_, r.urn, r.name, opts, None, props, {})
-                    args.secret_paths = list(r.secret_paths)  # type: ignore[attr-defined]
-                    args.retain_on_delete = r.retain_on_delete  # type: ignore[attr-defined]
-                    run(policy.validate(args, reporter(r.name, r.type, r.urn)))
+                for r, request in prepared:
+                    run(policy.validate(validation_args(request, props), reporter(r.name, r.type, r.urn)))
             else:
-                resources = [PolicyResource(r.type, p, r.urn, r.name, o, None, None, [], {}) for r, p, o in prepared]
+                resources = []
+                for _, request in prepared:
+                    a = validation_args(request, props)
+                    resources.append(PolicyResource(a.resource_type, a.props, a.urn, a.name, a.opts, a.provider,
+                                                    None, [], {}))
                 index = {pr.urn: pr for pr in resources}
-                for pr, (r, _, _) in zip(resources, prepared, strict=True):
+                for pr, (r, _) in zip(resources, prepared, strict=True):
                     pr.parent = index.get(r.parent)
+                    pr.dependencies = [index[u] for u in r.dependencies if u in index]
                 run(policy.validate(StackValidationArgs(resources, props, {}), reporter("", "stack", "")))
         except Exception as exc:  # noqa: BLE001 - a crashing policy fails the engine's analyze call too
             violations.append(Violation(policy.name, "mandatory", "", "policy", "",
@@ -559,24 +594,6 @@ def format_text(report: Report) -> str:
 # --------------------------------------------------------------------------- CLI
 
 
-@contextmanager
-def _program(spec: str | None) -> Iterator[None]:
-    """Test hook: render ``module:function`` instead of the package's program."""
-    if not spec:
-        yield
-        return
-    from components import program
-
-    module, _, func = spec.partition(":")
-    fn = getattr(importlib.import_module(module), func or "run")
-    original = program.run
-    program.run = fn
-    try:
-        yield
-    finally:
-        program.run = original
-
-
 def _promoted_from(stack: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
     """Stand-in outputs for a stack that promotes from another (prod reads dev's image)."""
     try:
@@ -621,23 +638,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-validators", action="store_true", help="run only the policy pack")
     parser.add_argument("--stack-file", type=Path, metavar="PATH",
                         help="read the stack's config from PATH instead of stacks/Pulumi.<stack>.yaml")
-    parser.add_argument("--program", help=argparse.SUPPRESS)  # tests: render module:function instead
     opts = parser.parse_args(list(argv or []))
 
     try:
         overrides = _parse_set(opts.set)
-        config_path = opts.policy_config or default_config_file(opts.stack)
-        names = [p.name for p in load_policies().POLICIES]
-        config = read_policy_config(config_path, names)
-        outputs = _promoted_from(opts.stack, opts.stack_file)
-        with _program(opts.program):
-            rendered = harness.render(opts.stack, overrides=overrides, stack_outputs=outputs,
-                                      stack_path=opts.stack_file)
+        report = check_stack(opts.stack, overrides=overrides, policy_config=opts.policy_config,
+                             stack_file=opts.stack_file, validators=not opts.no_validators)
     except (pulumi.RunError, ValueError, FileNotFoundError) as exc:
         # Config errors (ConfigError is a RunError) and promotion errors: one message, no traceback.
         print(f"check: {exc}", file=sys.stderr)
         return 2
-    report = build_report(opts.stack, rendered, config_path, config, validators=not opts.no_validators)
-    report.warnings = list(rendered.warnings)
     print(json.dumps(report.to_json(), indent=2, default=str) if opts.json else format_text(report))
     return 0 if report.ok else 1
+
+
+def check_stack(stack: str, *, overrides: dict[str, Any] | None = None, policy_config: Path | None = None,
+                stack_file: Path | None = None, validators: bool = True,
+                program: Callable[[], Any] | None = None) -> Report:
+    """Render ``stack`` and check it: what ``main`` prints. ``program`` renders another program function
+    than the package's (tests check hand-written violations with it). Raises ConfigError (a RunError),
+    ValueError or FileNotFoundError for bad config, a bad policy config or an unknown stack."""
+    config_path = policy_config or default_config_file(stack)
+    names = [p.name for p in load_policies().POLICIES]
+    config = read_policy_config(config_path, names)
+    outputs = _promoted_from(stack, stack_file)
+    rendered = harness.render(stack, overrides=overrides, stack_outputs=outputs, stack_path=stack_file,
+                              program=program)
+    report = build_report(stack, rendered, config_path, config, validators=validators)
+    report.warnings = list(rendered.warnings)
+    return report

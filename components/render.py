@@ -371,6 +371,7 @@ def render(
     stack_outputs: Mapping[str, Mapping[str, Any]] | None = None,
     project: str = NAMESPACE,
     stack_path: Path | None = None,
+    program: Callable[[], Mapping[str, Any]] | None = None,
 ) -> Rendered:
     """Render a stack offline.
 
@@ -379,9 +380,10 @@ def render(
     None removes the key. ``secrets`` are marked secret, as ``pulumi config set --secret``
     would. ``config`` replaces the stack file entirely. ``stack_outputs`` mocks
     StackReferences by name. ``stack_path`` reads another stack file than
-    ``stacks/Pulumi.<stack>.yaml``. Raises ConfigError for bad config, with nothing registered
-    (``Rendered`` is not returned then). ``Rendered.warnings`` holds what the program sent to
-    ``pulumi.log.warn`` (a preview would show it).
+    ``stacks/Pulumi.<stack>.yaml``. ``program`` renders another program function than the
+    package's ``components.program.run`` (tests render hand-written violations). Raises ConfigError
+    for bad config, with nothing registered (``Rendered`` is not returned then). ``Rendered.warnings``
+    holds what the program sent to ``pulumi.log.warn`` (a preview would show it).
     """
     global last_resources
     last_resources = []  # a config error below leaves it empty: nothing was registered
@@ -401,13 +403,14 @@ def render(
                              logger=_WarningLog(warnings))
     pulumi.runtime.set_all_config({k: _wire(v) for k, v in cfg.items()}, secret_keys)
 
-    from components import program
+    if program is None:
+        from components.program import run as program
 
     result = Rendered(stack=stack, config=cfg, warnings=warnings)
 
     @pulumi.runtime.test
     def _run():
-        exports = program.run()
+        exports = program()
         names = list(exports)
 
         def collect(values: list[Any]) -> None:

@@ -57,9 +57,19 @@ def ensure_tool_venv(venv: Path, spec: str, script: str) -> Path:
         raise RuntimeError(f"uv is needed to build {venv} (pip install uv)")
     subprocess.run([uv, "venv", "-q", "-p", find_python312(), str(venv)], check=True)
     subprocess.run(
-        [uv, "pip", "install", "-q", "--compile-bytecode", "-p", str(venv / "bin" / "python"), spec], check=True
+        [uv, "pip", "install", "-q", "--compile-bytecode", "--exclude-newer", exclude_newer(), "-p",
+         str(venv / "bin" / "python"), spec], check=True,
     )
     return exe
+
+
+def exclude_newer() -> str:
+    """The resolution date the images use (scripts/docker-images): the host venvs get the same
+    dependencies (openhands-sdk/-tools are not pinned by the agent server's own metadata)."""
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "scripts" / "docker-images").read_text()
+    return re.search(r'^EXCLUDE_NEWER="([^"]+)"', text, re.M).group(1)
 
 
 def ensure_agent_server() -> Path:
@@ -132,11 +142,13 @@ def local_args(args: Sequence[str], port: int) -> list[str]:
     return out
 
 
-def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: bool = True) -> AgentServer:
+def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: bool = True,
+          tmp: Path | None = None) -> AgentServer:
     """Start the real server with a rendered ``env`` and ``args``.
 
     Container paths under the contract's DATA_DIR and HOME_DIR are mapped into
     ``workdir``; a ``workdir`` reused across starts keeps the state, as a volume would.
+    ``TMPDIR`` is ``tmp`` (default ``workdir/tmp``): give a restart a new one, as a new container gets.
     """
     exe = ensure_agent_server()
     port = free_port()
@@ -149,11 +161,11 @@ def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: b
     full_env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
-        "TMPDIR": str(workdir / "tmp"),
+        "TMPDIR": str(tmp or workdir / "tmp"),
         "LANG": "C.UTF-8",
         **mapped,
     }
-    (workdir / "tmp").mkdir(exist_ok=True)
+    Path(full_env["TMPDIR"]).mkdir(parents=True, exist_ok=True)
     log = workdir / f"server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

@@ -9,7 +9,6 @@ Without an engine or images: FAIL under CI=true, one skip reason elsewhere.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -24,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from components import contract
+from components import cloud_init, contract
 from components.contract import DOCKER_MIN_API
 from tests import real_docker
 from tests.caddy_proxy import http_redirect
-from tests.docker_apply import CONTAINER, NETWORK, VOLUME, ApplyError, _version
+from tests.docker_apply import CONTAINER, NETWORK, VOLUME, _version
 from tests.real_docker import Deployment
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,13 +131,9 @@ def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_o
 
 
 def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
-    # Everything here was created speaking API 1.41, the README's minimum: nothing rendered needs more.
-    # On Debian 12's docker.io (20.10) that is also what the client negotiates.
+    # The harness sends every request at /v1.41 (the contract's minimum), so the engine handled what was
+    # rendered with 1.41 semantics: the healthy containers below show nothing rendered needs more.
     assert client.api.api_version == DOCKER_MIN_API == "1.41"
-    server = client.version()
-    assert _version(client.negotiated_api_version) >= _version("1.41")
-    if server["Version"].startswith("20.10."):
-        assert client.negotiated_api_version == server["ApiVersion"] == "1.41"
     created = {(s.type, s.name) for s in dep.first_steps if s.op == "create"}
     assert {(CONTAINER, f"{t}-agent-server") for t in TENANTS} <= created
     for t in TENANTS:
@@ -154,16 +149,43 @@ def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
     assert code == 0 and out.split()[0] == str(contract.UID) and "binary" in out, out
 
 
-def test_start_interval_is_refused_by_a_1_41_engine(client, dep: Deployment):
-    # What the model rendered before this fix: the provider's client refuses the container.
-    res = dep.rendered.one(CONTAINER, "alice-agent-server")
-    bad = copy.deepcopy(res)
-    bad.inputs["healthcheck"]["startInterval"] = "2s"
-    bad.inputs["name"] = f"{dep.prefix}-startinterval"
-    applier = dep.applier
-    with pytest.raises(ApplyError, match="requires API version 1.44, but the Docker daemon API version is 1.41"):
-        applier._create(bad, applier._resolve(bad), set())  # noqa: SLF001
-    assert not client.api.containers(all=True, filters={"name": f"{dep.prefix}-startinterval"})
+def test_the_engine_meets_the_minimum_and_our_boot_check_says_so(client, tmp_path: Path):
+    """The real engine's own report (GET /version) against contract.DOCKER_MIN_API, and the VM's boot
+    check (components/cloud_init.py, the user data's API gate) run for real against it; the same
+    gate refuses an engine below the minimum."""
+    server = client.version()
+    assert _version(server["ApiVersion"]) >= _version(DOCKER_MIN_API), server
+    assert server["ApiVersion"] == client.negotiated_api_version  # what negotiation found is the engine's
+    script = cloud_init.setup_script(volume_id="vol-0123456789abcdef0", ssh_user="admin")
+    gate = script[script.index("api=$(docker version"):script.index("root=$(docker info")]
+    ok = subprocess.run(["bash", "-euc", gate + 'echo "api $api"'], capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0 and ok.stdout.strip() == f"api {server['ApiVersion']}", ok.stdout + ok.stderr
+    # An engine one minor version below the minimum (a `docker` that reports it) is refused at boot.
+    major, minor = (int(x) for x in DOCKER_MIN_API.split("."))
+    shim = tmp_path / "docker"
+    shim.write_text(f"#!/bin/sh\necho {major}.{minor - 1}\n")
+    shim.chmod(0o755)
+    old = subprocess.run(["bash", "-euc", gate], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert old.returncode == 1
+    assert f"docker.io speaks API {major}.{minor - 1}; the containers need >= {DOCKER_MIN_API}" in old.stderr
+
+
+def test_a_1_41_engine_drops_a_healthcheck_start_interval(client, dep: Deployment):
+    """Why the model renders no start_interval (test_docker_model checks it does not): an engine
+    spoken to at API 1.41 silently drops it, so a start interval would never apply. (The refusal
+    pulumi-docker's client gives first is the applier's emulation, tested in test_docker_model.)"""
+    name = f"{dep.prefix}-startinterval"
+    hc = {"Test": ["CMD-SHELL", "true"], "Interval": 15 * 10**9, "StartPeriod": 60 * 10**9,
+          "StartInterval": 2 * 10**9}
+    created = client.api.create_container(dep.container("alice")["Image"], name=name, healthcheck=hc,
+                                          command=["true"])
+    try:
+        kept = client.api.inspect_container(created["Id"])["Config"]["Healthcheck"]
+    finally:
+        client.api.remove_container(created["Id"], force=True)
+    assert kept["Interval"] == hc["Interval"] and kept["StartPeriod"] == hc["StartPeriod"]
+    assert not kept.get("StartInterval"), kept
 
 
 def test_proxy_publishes_on_loopback_only(client, dep: Deployment):

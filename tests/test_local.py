@@ -37,8 +37,12 @@ def three() -> Rendered:
 def test_keys_are_never_plain(three: Rendered):
     keys = three.outputs["apiKey"]
     assert set(keys) == {"alice", "bob", "carol"} and len(set(keys.values())) == 3
-    for c in agent_containers(three):
+    servers = agent_containers(three)
+    assert len(servers) == 3
+    for c in servers:
         assert c.is_secret("envs"), f"{c.name}: env holding keys is not a Pulumi secret"
+        # What the policy engine can see of it (a secret value reaches a policy unmarked): the declaration.
+        assert c.additional_secret_outputs == ["envs"], c.name
     # No key value appears anywhere outside a secret input.
     for res in three.resources:
         plain = {k: v for k, v in res.inputs.items() if not res.is_secret(k)}

@@ -93,6 +93,69 @@ def provider() -> tuple[ModalAppProvider, FakeModal]:
     return p, fake
 
 
+class ModalNetwork:
+    """Modal's control-plane gRPC stub, stubbed: the only thing replaced under the real ``ModalClient``
+    and modal's own classes. Records every RPC with its request; answers the ones a test expects,
+    ``missing`` lookups with modal's NotFoundError (what the real stub raises on NOT_FOUND)."""
+
+    def __init__(self, missing: tuple[str, ...] = ()) -> None:
+        from google.protobuf import empty_pb2
+        from modal_proto import api_pb2
+
+        self.calls: list[tuple[str, Any]] = []
+        self.missing = missing
+        method = api_pb2.FunctionHandleMetadata(function_name="AgentServer.serve", is_method=True,
+                                                use_method_name="serve", web_url="https://ws--app-serve.modal.run")
+        self.answers = {
+            "AppGetOrCreate": api_pb2.AppGetOrCreateResponse(app_id="ap-1"),
+            "AppStop": empty_pb2.Empty(),
+            "VolumeGetOrCreate": api_pb2.VolumeGetOrCreateResponse(volume_id="vo-1"),
+            "VolumeDelete": empty_pb2.Empty(),
+            "SecretGetOrCreate": api_pb2.SecretGetOrCreateResponse(secret_id="st-1"),
+            "SecretDelete": empty_pb2.Empty(),
+            "ClassGet": api_pb2.ClassGetResponse(class_id="cs-1"),
+            "FunctionGet": api_pb2.FunctionGetResponse(
+                function_id="fu-1",
+                function=api_pb2.FunctionData(function_name="AgentServer.*", is_class=True, ranked_functions=[
+                    api_pb2.FunctionData.RankedFunction(function=api_pb2.Function(function_name="AgentServer.*"))]),
+                handle_metadata=api_pb2.FunctionHandleMetadata(function_name="AgentServer.*",
+                                                               method_handle_metadata={"serve": method})),
+        }
+
+    def __getattr__(self, rpc: str):
+        async def call(request, **_kw):
+            from modal.exception import NotFoundError
+
+            self.calls.append((rpc, request))
+            if rpc in self.missing:
+                raise NotFoundError(f"{rpc}: not found")
+            if rpc not in self.answers:
+                raise AssertionError(f"unexpected Modal RPC {rpc}({request})")
+            return self.answers[rpc]
+
+        return call
+
+    def rpcs(self) -> list[str]:
+        return [name for name, _ in self.calls]
+
+    def request(self, rpc: str) -> Any:
+        [req] = [r for name, r in self.calls if name == rpc]
+        return req
+
+
+def real_client(network: ModalNetwork) -> ModalClient:
+    """Our ModalClient on a real (unopened) modal.Client whose control-plane stub is ``network``."""
+    from modal_proto import api_pb2
+
+    client = modal.Client("https://api.modal.invalid", api_pb2.CLIENT_TYPE_CLIENT, ("ak-test", "as-test"))
+    inner = synchronizer._translate_in(client)
+    inner._control_plane_stub = network
+    inner._opened = True
+    ours = ModalClient()
+    ours._client = client
+    return ours
+
+
 # ------------------------------------------------------------------ render
 
 
@@ -377,16 +440,35 @@ def test_diff_and_update_redeploy_only_on_change(modal_stack: Rendered):
 
 
 def test_delete_stops_the_app_and_keeps_the_volume(modal_stack: Rendered):
-    p, fake = provider()
-    outs = p.create(provider_props(modal_stack.one(APP))).outs
-    fake.calls.clear()
+    """The provider's delete through the real ModalClient and modal's classes; only the RPCs are stubbed."""
+    outs = provider()[0].create(provider_props(modal_stack.one(APP))).outs
+    network = ModalNetwork()
+    p = ModalAppProvider()
+    p.client = real_client(network)
     p.delete("id", outs)
-    assert fake.calls == [("stop", "openhands-modal-default", "main")]
+    assert network.rpcs() == ["AppGetOrCreate", "AppStop"]
+    lookup = network.request("AppGetOrCreate")
+    assert (lookup.app_name, lookup.environment_name) == ("openhands-modal-default", "main")
+    assert network.request("AppStop").app_id == "ap-1"
 
-    fake.calls.clear()
+    network = ModalNetwork()
+    p.client = real_client(network)
     p.delete("id", {**outs, "retainData": False})
-    assert fake.names() == ["stop", "delete_volume", "delete_secret"]
-    assert ("delete_volume", "openhands-modal-state-default", "main") in fake.calls
+    assert network.rpcs() == ["AppGetOrCreate", "AppStop", "VolumeGetOrCreate", "VolumeDelete",
+                              "SecretGetOrCreate", "SecretDelete"]
+    volume, secret = network.request("VolumeGetOrCreate"), network.request("SecretGetOrCreate")
+    assert (volume.deployment_name, volume.environment_name) == ("openhands-modal-state-default", "main")
+    assert (secret.deployment_name, secret.environment_name) == (outs["secretName"], "main")
+    assert network.request("VolumeDelete").volume_id == "vo-1" and network.request("SecretDelete").secret_id == "st-1"
+
+
+def test_delete_of_what_is_already_gone_succeeds(modal_stack: Rendered):
+    outs = provider()[0].create(provider_props(modal_stack.one(APP))).outs
+    network = ModalNetwork(missing=("AppGetOrCreate", "VolumeGetOrCreate", "SecretGetOrCreate"))
+    p = ModalAppProvider()
+    p.client = real_client(network)
+    p.delete("id", {**outs, "retainData": False})
+    assert network.rpcs() == ["AppGetOrCreate", "VolumeGetOrCreate", "SecretGetOrCreate"]  # nothing to stop or delete
 
 
 def test_token_comes_from_secret_config_not_state():
@@ -400,25 +482,34 @@ def test_token_comes_from_secret_config_not_state():
 
 
 def test_boundary_overwrites_the_secret_and_recreates(monkeypatch):
-    """ModalClient itself, with modal's network calls replaced."""
-    seen: dict[str, Any] = {}
-    monkeypatch.setattr(modal.Secret, "_create_deployed", lambda *a, **k: seen.setdefault("secret", (a, k)))
-    monkeypatch.setattr(modal.App, "deploy", lambda self, **k: seen.setdefault("deploy", k))
-
-    class FakeCls:
-        def __call__(self):
-            return self
-
-        serve = type("M", (), {"get_web_url": lambda self: "https://x.modal.run"})()
-
-    monkeypatch.setattr(modal.Cls, "from_name", lambda *a, **k: FakeCls())
-    client = ModalClient()
-    client._client = object()
+    """ModalClient itself on modal's own classes, only the RPCs stubbed (App.deploy, dozens of RPCs of
+    image and function creation, is recorded instead): what it asks Modal for, name by name."""
+    network = ModalNetwork()
+    client = real_client(network)
     client.put_secret("s", {"A": "1"}, "main")
-    assert seen["secret"][1]["overwrite"] is True and seen["secret"][1]["environment_name"] == "main"
+    put = network.request("SecretGetOrCreate")
+    assert (put.deployment_name, put.environment_name, dict(put.env_dict)) == ("s", "main", {"A": "1"})
+    from modal_proto import api_pb2
+
+    assert put.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_OVERWRITE_IF_EXISTS
+
+    deployed: dict[str, Any] = {}
+    monkeypatch.setattr(modal.App, "deploy", lambda self, **k: deployed.update(app=self, **k))
     app = modal.App("n")
-    assert client.deploy(app, "n", "main", tag="t") == "https://x.modal.run"
-    assert seen["deploy"]["strategy"] == "recreate" and seen["deploy"]["environment_name"] == "main"
+    network.calls.clear()
+    assert client.deploy(app, "n", "main", tag="t") == "https://ws--app-serve.modal.run"
+    assert deployed["app"] is app and deployed["name"] == "n" and deployed["tag"] == "t"
+    assert deployed["strategy"] == "recreate" and deployed["environment_name"] == "main"
+    # The URL comes from the class the app just deployed: app name, class name, environment.
+    cls_get, fn_get = network.request("ClassGet"), network.request("FunctionGet")
+    assert (cls_get.app_name, cls_get.object_tag, cls_get.environment_name) == ("n", "AgentServer", "main")
+    assert (fn_get.app_name, fn_get.object_tag, fn_get.environment_name) == ("n", "AgentServer.*", "main")
+
+    network.calls.clear()
+    client.ensure_volume("v", "main")
+    vol = network.request("VolumeGetOrCreate")
+    assert (vol.deployment_name, vol.environment_name) == ("v", "main")
+    assert vol.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_CREATE_IF_MISSING
 
 
 # ------------------------------------------------------------------ the real server

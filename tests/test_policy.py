@@ -14,16 +14,15 @@ import yaml
 from google.protobuf import struct_pb2
 from pulumi.runtime.proto import analyzer_pb2
 from pulumi_policy import (
-    PolicyCustomTimeouts,
     PolicyResource,
-    PolicyResourceOptions,
-    ResourceValidationArgs,
     ResourceValidationPolicy,
     StackValidationArgs,
 )
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
-from components import check
+from components import check, render
+from components.promotion import assumed_stack_outputs
+from components.render import Resource
 from tests.policy_fixtures import Fixture, all_fixtures
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policy"
@@ -31,13 +30,17 @@ policies = check.load_policies()
 FIXTURES = all_fixtures()
 
 
-def _opts(f: Fixture) -> PolicyResourceOptions:
-    return PolicyResourceOptions(f.protect, [], None, [], PolicyCustomTimeouts(0, 0, 0), f.additional_secret_outputs,
-                                 None)
+def fixture_resource(f: Fixture, typ: str = "", name: str = "", props: dict | None = None) -> Resource:
+    """A fixture as a rendered resource, so it reaches the policies through check's engine-shaped request."""
+    typ, name = typ or f.type, name or f.name
+    props = f.props if props is None else props
+    return Resource(type=typ, name=name, urn=f"urn:pulumi:test::openhands::{typ}::{name}", custom=True,
+                    inputs=props, raw_inputs=props, secret_paths=[], parent="", protect=f.protect,
+                    additional_secret_outputs=list(f.additional_secret_outputs))
 
 
 def run_fixture(f: Fixture) -> list[str]:
-    """Run the fixture's policy the way the engine would, and return the violation messages."""
+    """Run the fixture's policy on what the engine's analyzer would hand it; return the violation messages."""
     policy = policies.BY_NAME[f.policy]
     messages: list[str] = []
 
@@ -45,16 +48,13 @@ def run_fixture(f: Fixture) -> list[str]:
         messages.append(message)
 
     if isinstance(policy, ResourceValidationPolicy):
-        urn = f"urn:pulumi:test::openhands::{f.type}::{f.name}"
-        args = ResourceValidationArgs(f.type, check.engine_props(f.props), urn, f.name, _opts(f), None, f.config)
-        if f.secret_paths is not None:
-            args.secret_paths = f.secret_paths
-        if f.retain_on_delete is not None:
-            args.retain_on_delete = f.retain_on_delete
-        result = policy.validate(args, report)
+        result = policy.validate(check.validation_args(check.analyze_request(fixture_resource(f), {}), f.config),
+                                 report)
     else:
-        resources = [PolicyResource(t, check.engine_props(p), f"urn:pulumi:test::openhands::{t}::{n}", n, _opts(f),
-                                    None, None, [], {}) for t, n, p in f.stack or []]
+        resources = []
+        for t, n, p in f.stack or []:
+            a = check.validation_args(check.analyze_request(fixture_resource(f, t, n, p), {}), f.config)
+            resources.append(PolicyResource(a.resource_type, a.props, a.urn, a.name, a.opts, None, None, [], {}))
         result = policy.validate(StackValidationArgs(resources, f.config), report)
     if asyncio.iscoroutine(result):
         asyncio.run(result)
@@ -110,20 +110,16 @@ def test_policy_config_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def _analyze(servicer: _PolicyAnalyzerServicer, f: Fixture) -> list[analyzer_pb2.AnalyzeDiagnostic]:
-    props = struct_pb2.Struct()
-    props.update(f.props)
-    request = analyzer_pb2.AnalyzeRequest(type=f.type, properties=props, urn=f"urn:x::{f.name}", name=f.name,
-                                          options=analyzer_pb2.AnalyzerResourceOptions(protect=f.protect))
-    return list(servicer.Analyze(request, None).diagnostics)
+    return list(servicer.Analyze(check.analyze_request(fixture_resource(f), {}), None).diagnostics)
 
 
 def test_the_real_analyzer_reports_what_the_fixtures_expect() -> None:
     """pulumi-policy's own gRPC servicer (what `pulumi preview --policy-pack` talks to), without serving."""
     servicer = _PolicyAnalyzerServicer(policies.PACK_NAME, "0.1.0", policies.POLICIES,
                                        policies.EnforcementLevel.MANDATORY)
-    engine_visible = [f for f in FIXTURES if f.stack is None and f.secret_paths is None
-                      and f.retain_on_delete is None and not f.additional_secret_outputs and not f.config]
+    engine_visible = [f for f in FIXTURES if f.stack is None and not f.config]
     assert len(engine_visible) > 40
+    assert any(f.additional_secret_outputs for f in engine_visible) and any(f.protect for f in engine_visible)
     for f in engine_visible:
         diags = [d for d in _analyze(servicer, f) if d.policyName == f.policy]
         assert bool(diags) == f.violates, (f.policy, f.id, [d.message for d in diags])
@@ -170,33 +166,38 @@ def test_policies_import_without_the_repo_on_path(tmp_path: Path) -> None:
     assert int(proc.stdout) == len(policies.POLICIES)
 
 
-@pytest.mark.parametrize("stack", ["ecs", "k8s", "dev", "prod"])
+@pytest.mark.parametrize("stack", render.stack_names())
 def test_rendered_stacks_pass_the_real_analyzer(stack: str) -> None:
-    """What `pulumi preview --policy-pack policy` would say: feed each rendered resource, as a protobuf
-    Struct of its raw inputs, to pulumi-policy's servicer configured like the stack's environment."""
-    from components import render
-    from components.promotion import assumed_stack_outputs
-
-    if stack not in render.stack_names():
-        pytest.skip(f"no stacks/Pulumi.{stack}.yaml")
+    """What `pulumi preview --policy-pack policy` would say: send each rendered resource, as the engine's
+    AnalyzeRequest (check.analyze_request: secret envelopes, additionalSecretOutputs, protect, parent,
+    provider), to pulumi-policy's servicer configured like the stack's environment; and `check` reports
+    exactly the resource-policy diagnostics the servicer gives."""
     rendered = render.render(stack, stack_outputs=assumed_stack_outputs(stack))
     servicer = _PolicyAnalyzerServicer(policies.PACK_NAME, "0.1.0", policies.POLICIES,
                                        policies.EnforcementLevel.MANDATORY)
-    config = POLICY_DIR / f"config.{stack}.json"
-    if config.exists():
+    config_path = check.default_config_file(stack)
+    if config_path is not None:
         levels = {"advisory": analyzer_pb2.ADVISORY, "mandatory": analyzer_pb2.MANDATORY}
         servicer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
             name: analyzer_pb2.PolicyConfig(enforcementLevel=levels[level])
-            for name, level in json.loads(config.read_text()).items()}), None)
-    mandatory = []
+            for name, level in json.loads(config_path.read_text()).items()}), None)
+    by_urn = {r.urn: r for r in rendered.resources}
+    names = {analyzer_pb2.ADVISORY: "advisory", analyzer_pb2.MANDATORY: "mandatory"}
+    engine = []
     for r in rendered.resources:
-        props = struct_pb2.Struct()
-        props.update(check._plain(r.raw_inputs))
-        request = analyzer_pb2.AnalyzeRequest(type=r.type, properties=props, urn=r.urn, name=r.name,
-                                              options=analyzer_pb2.AnalyzerResourceOptions(protect=r.protect))
-        mandatory += [d.message for d in servicer.Analyze(request, None).diagnostics
-                      if d.enforcementLevel == analyzer_pb2.MANDATORY]
-    assert mandatory == []
+        if r.type.startswith("pulumi:providers:"):
+            continue
+        # The servicer puts the policy's description before the message reported.
+        engine += [(d.policyName, names[d.enforcementLevel], r.urn,
+                    d.message.removeprefix(policies.BY_NAME[d.policyName].description + "\n"))
+                   for d in servicer.Analyze(check.analyze_request(r, by_urn), None).diagnostics]
+    assert [e for e in engine if e[1] == "mandatory"] == []
+    # check's emulation agrees with the real servicer, advisories included.
+    config = check.read_policy_config(config_path, [p.name for p in policies.POLICIES])
+    violations, _ = check.run_policies(rendered, config)
+    resource_policies = {p.name for p in policies.POLICIES if isinstance(p, ResourceValidationPolicy)}
+    offline = [(v.policy, v.level, v.urn, v.message) for v in violations if v.policy in resource_policies]
+    assert sorted(offline) == sorted(engine)
 
 
 def test_pack_serves_over_grpc_like_pulumi_runs_it() -> None:

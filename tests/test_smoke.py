@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -104,7 +110,7 @@ def test_unusable_outputs_exit_2(stdin, message):
     assert message in out.stderr
 
 
-def test_unreachable_tenant_fails_ready_within_timeout_and_skips_the_rest():
+def test_unreachable_tenant_fails_ready_and_skips_the_rest():
     port = free_port()  # nothing listens
     code, text, reports = smoke.run("dev", {"url": {"gone": f"http://127.0.0.1:{port}"}, "apiKey": {"gone": "k"}},
                                     timeout=1)
@@ -114,7 +120,72 @@ def test_unreachable_tenant_fails_ready_within_timeout_and_skips_the_rest():
     assert "skip  api-key" in text
 
 
-def test_missing_key_for_a_tenant_is_a_failure_not_a_crash():
-    port = free_port()
-    t = smoke.Target("x", f"http://127.0.0.1:{port}", None)
-    assert smoke.targets({"url": {"x": t.url}, "apiKey": {}}) == [t]
+class _NeverReady(http.server.BaseHTTPRequestHandler):
+    """Answers like an agent server that never finishes starting: GET /ready -> 503 initializing."""
+
+    hits: list[float] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        type(self).hits.append(time.monotonic())
+        body = b'{"status":"initializing","message":"Server is still initializing"}'
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def never_ready(kind: str) -> Iterator[str]:
+    """A URL whose /ready is never 200: ``503`` answers 503 to every poll, ``silent`` accepts the
+    connection and never answers."""
+    if kind == "503":
+        _NeverReady.hits = []
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NeverReady)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_address[1]}"
+        finally:
+            server.shutdown()
+            server.server_close()
+    else:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(8)  # the kernel completes the handshake; nobody ever reads or answers
+            yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@pytest.mark.parametrize("kind", ["503", "silent"])
+def test_a_server_that_never_becomes_ready_fails_within_the_timeout(kind: str):
+    timeout = 5.0
+    with never_ready(kind) as url:
+        t0 = time.monotonic()
+        code, text, reports = smoke.run("dev", {"url": {"slow": url}, "apiKey": {"slow": "k"}}, timeout=timeout)
+        elapsed = time.monotonic() - t0
+    assert code == 1 and reports[0].failed == ["ready", "api-key", "no-key", "websocket"], text
+    assert f"not 200 within {timeout:g} s" in text
+    # It kept polling until the budget was nearly spent, and gave up by the timeout (plus a small margin).
+    assert timeout - smoke.POLL_INTERVAL - 0.5 <= elapsed <= timeout + 1.5, elapsed
+    if kind == "503":
+        assert "last: 503" in text and "initializing" in text
+        assert len(_NeverReady.hits) >= 2, _NeverReady.hits  # polled, not asked once
+    else:
+        assert "timed out" in text.lower(), text
+
+
+def test_missing_key_for_a_tenant_is_a_failure_not_a_crash(start_agent_server):
+    """The no-key branch for real: a tenant in `url` with no entry in `apiKey` fails its api-key check
+    with a reason (the CLI exits 1 with the report, no traceback); its no-key check still runs."""
+    server = start_agent_server(server_env(), contract.args())
+    out = run_cli("-s", "dev", "--outputs", "-", "--timeout", "20",
+                  stdin=outputs_json({"alpha": server.url, "nokey": server.url}, {"alpha": GOOD_KEY}))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr, out.stderr
+    assert "[PASS] tenant alpha" in out.stdout
+    assert "FAILED: 1 of 2 tenant(s): nokey (api-key)" in out.stdout, out.stdout
+    nokey = out.stdout.split("[FAIL] tenant nokey")[1]
+    assert "FAIL  api-key    no key for this tenant in the apiKey output" in nokey
+    assert "ok    no-key" in nokey and "ok    ready" in nokey

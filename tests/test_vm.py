@@ -7,6 +7,7 @@ certificate layout.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import os
@@ -23,6 +24,7 @@ from components.config import ConfigError, VmSettings
 from components.render import Rendered, imported_sdks_for, render
 from components.vm import ami_filter, sslip_host
 from tests.agent_server import free_port
+from tests.ci import unavailable
 
 CONTAINER = "docker:index/container:Container"
 INSTANCE = "aws:ec2/instance:Instance"
@@ -114,14 +116,14 @@ def cloud_init_tag() -> str:
     return SNAPSHOT_TAG
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("unshare"),
-                    reason="needs root, losetup and unshare for a real loop device")
 def test_data_disk_is_formatted_once_and_never_again(tmp_path):
     """Run the rendered script's disk steps (1-3) against a real block device, twice.
 
     Rewrites, as a test double for the VM: the device candidates point at a loop device,
     /etc/fstab is a temp file bind-mounted in a private mount namespace, systemctl is a no-op.
     """
+    if os.geteuid() != 0 or not shutil.which("losetup") or not shutil.which("unshare"):
+        unavailable("needs root, losetup and unshare for a real loop device")
     vid = "vol-0123456789abcdef0"
     script = cloud_init.setup_script(volume_id=vid, ssh_user="ubuntu", mount_point=str(tmp_path / "mnt"))
     disk_part = script.split("# 4. Docker")[0]
@@ -184,8 +186,6 @@ def test_instance_requires_imdsv2_and_encrypts_both_volumes(one: Rendered):
     data = one.one(VOLUME)
     assert data.inputs["encrypted"] is True
     assert data.inputs["size"] == 50 and data.inputs["type"] == "gp3"
-    # The AMI is the lookup's result, not a literal.
-    assert inst.inputs["ami"] == render_mod.CALL_RESULTS["aws:ec2/getAmi:getAmi"]({})["id"]
     assert inst.inputs["tags"]["dev.openhands.role"] == contract.ROLE
     att = one.one("aws:ec2/volumeAttachment:VolumeAttachment")
     assert att.inputs["deviceName"] == cloud_init.DEVICE_NAME
@@ -195,6 +195,31 @@ def test_data_volume_survives_destroy_unless_opted_out(one: Rendered):
     assert one.one(VOLUME).retain_on_delete
     opted_out = render("vm", overrides={"retainData": False})
     assert not opted_out.one(VOLUME).retain_on_delete
+
+
+@pytest.mark.parametrize(("settings", "owner", "pattern", "arch"), [
+    ({}, "099720109477", "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-amd64-server-*", "x86_64"),
+    ({"docker.vm.os": "debian-13", "docker.vm.instanceType": "m7gd.xlarge"}, "136693071363", "debian-13-arm64-*",
+     "arm64"),
+])
+def test_the_instance_boots_the_image_the_lookup_asks_aws_for(monkeypatch: pytest.MonkeyPatch, settings: dict,
+                                                              owner: str, pattern: str, arch: str):
+    """What the program asks aws.ec2.get_ami for (owners, newest, filters), and that the instance runs
+    the image AWS answers with: each distinct question gets a distinct made-up image id."""
+    asked: list[dict] = []
+
+    def get_ami(args: dict) -> dict:
+        asked.append(args)
+        image = "ami-" + hashlib.sha256(json.dumps(args, sort_keys=True).encode()).hexdigest()[:17]
+        return {"id": image, "imageId": image, "name": pattern.replace("*", "20261101"), "architecture": arch}
+
+    monkeypatch.setitem(render_mod.CALL_RESULTS, "aws:ec2/getAmi:getAmi", get_ami)
+    rendered = render("vm", overrides=settings)
+    [args] = asked
+    assert args["owners"] == [owner] and args["mostRecent"] is True
+    assert {f["name"]: f["values"] for f in args["filters"]} == {
+        "name": [pattern], "architecture": [arch], "virtualization-type": ["hvm"], "root-device-type": ["ebs"]}
+    assert rendered.one(INSTANCE).inputs["ami"] == get_ami(args)["id"]
 
 
 def test_ami_lookup_follows_os_and_architecture():

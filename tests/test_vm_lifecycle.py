@@ -155,7 +155,9 @@ def test_readiness_with_a_real_engine(tmp_path: Path):
     # Docker up, but its data-root is not the one on the data volume.
     wrong = readiness(tmp_path, mount_point=on, data_root="/srv/openhands/docker")
     assert wrong.returncode == 1 and f"Docker's data-root is {root}" in wrong.stderr
-    # Docker up on the right path, but that path is not on the data volume's mount.
-    if on != "/":
-        off = readiness(tmp_path, mount_point="/", data_root=root)
-        assert off.returncode == 1 and "not on the data volume" in off.stderr
+    # Docker up on the right path, but that path is not on the data volume's mount: any other real
+    # mount point stands in for the data volume (`/` when the data-root has its own mount, else /proc).
+    other = "/" if on != "/" else "/proc"
+    off = readiness(tmp_path, mount_point=other, data_root=root)
+    assert off.returncode == 1, off.stdout
+    assert f"Docker's data-root {root} is on {on}, not on the data volume ({other})" in off.stderr

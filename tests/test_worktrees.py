@@ -40,10 +40,19 @@ def test_the_servers_own_default_is_outside_the_volume():
     assert contract.container_env()[ROOT_ENV] == root
 
 
+def bash(server, cid: str, command: str) -> tuple[int, str]:
+    """Run ``command`` through the server, in the conversation's workspace (its worktree)."""
+    status, text = http("POST", f"{server.url}/api/conversations/{cid}/bash/execute_bash_command",
+                        {contract.AUTH_HEADER: SESSION_KEY}, {"command": command, "timeout": 60}, timeout=90)
+    assert status == 200, text
+    out = json.loads(text)
+    return out["exit_code"], (out.get("stdout") or "") + (out.get("stderr") or "")
+
+
 def test_worktree_edits_survive_a_restart(start_agent_server, tmp_path: Path):
     env = {**contract.container_env(), "OH_SESSION_API_KEYS_0": SESSION_KEY, "OH_SECRET_KEY": "s" * 40}
     workdir = tmp_path / "volume"  # reused by the second start, as a volume would be
-    server = start_agent_server(env, contract.args(), workdir)
+    server = start_agent_server(env, contract.args(), workdir, tmp=tmp_path / "tmp-first")
     data = workdir / "data"
     repo = data / Path(contract.STATE_ENV["OH_WORKSPACE_PATH"]).relative_to(contract.DATA_DIR)
     repo.mkdir(parents=True, exist_ok=True)
@@ -68,15 +77,26 @@ def test_worktree_edits_survive_a_restart(start_agent_server, tmp_path: Path):
     mapped_root = data / Path(contract.STATE_ENV[ROOT_ENV]).relative_to(contract.DATA_DIR)
     assert working_dir == mapped_root / cid / repo.name
     assert git(working_dir, "rev-parse", "--abbrev-ref", "HEAD").strip() == f"openhands/{cid}"
-    (working_dir / "agent-edit.py").write_text("print('work in progress')\n")  # uncommitted work
 
-    # A restart: a new process (new /tmp, new HOME scratch) on the same volume.
+    # The edit is made by the server, in the conversation's workspace (the worktree): uncommitted work.
+    code, out = bash(server, cid, "printf \"print('work in progress')\\n\" > agent-edit.py && pwd")
+    assert code == 0 and out.strip() == str(working_dir), out
+    assert (working_dir / "agent-edit.py").read_text() == "print('work in progress')\n"
+
+    # A restart: SIGTERM, then a new process with a new TMPDIR on the same volume.
+    first_pid = server.pid
     server.stop()
-    again = start_agent_server(env, contract.args(), workdir)
+    assert server.process.returncode is not None
+    again = start_agent_server(env, contract.args(), workdir, tmp=tmp_path / "tmp-second")
+    assert again.pid != first_pid and again.env["TMPDIR"] != server.env["TMPDIR"]
     status, text = again.get(f"/api/conversations/{cid}", key=SESSION_KEY)
     assert status == 200, text
     assert json.loads(text)["workspace"]["working_dir"] == str(working_dir)
-    assert (working_dir / "agent-edit.py").read_text() == "print('work in progress')\n"
-    assert "?? agent-edit.py" in git(working_dir, "status", "--porcelain")
+    # Read back through the new server: the file, and git's view of the worktree.
+    status, text = http("GET", f"{again.url}/api/conversations/{cid}/file/download?path={working_dir}/agent-edit.py",
+                        headers)
+    assert (status, text) == (200, "print('work in progress')\n")
+    code, out = bash(again, cid, "git status --porcelain && git rev-parse --abbrev-ref HEAD")
+    assert code == 0 and out.splitlines() == ["?? agent-edit.py", f"openhands/{cid}"], out
     # The main repo does not see the worktree as its own files.
     assert git(repo, "status", "--porcelain") == ""

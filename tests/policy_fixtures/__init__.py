@@ -19,9 +19,7 @@ class Fixture:
     props: dict[str, Any] = field(default_factory=dict)
     violates: bool = False
     name: str = "res"
-    protect: bool = False
-    retain_on_delete: bool | None = None  # None: as under the real engine (not visible)
-    secret_paths: list[str] | None = None  # None: as under the real engine (not visible)
+    protect: bool = False  # the engine sends protect, but not retainOnDelete nor which values are secret
     additional_secret_outputs: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     stack: list[tuple[str, str, dict[str, Any]]] | None = None  # stack policies: (type, name, props)

@@ -173,12 +173,9 @@ FIXTURES: list[Fixture] = [
     # configurable
     Fixture("image-pinned", "ecs-version-tag", TASK, task()),
     Fixture("image-pinned", "ecs-latest", TASK, HAND_TASK, True, expect="latest"),
-    Fixture("data-protected", "efs-retained", "aws:efs/fileSystem:FileSystem", {"encrypted": True},
-            retain_on_delete=True),
     Fixture("data-protected", "efs-protected-engine", "aws:efs/fileSystem:FileSystem", {"encrypted": True},
             protect=True),
-    Fixture("data-protected", "ebs-unprotected", "aws:ebs/volume:Volume", {"encrypted": True}, True,
-            retain_on_delete=False),
+    Fixture("data-protected", "ebs-unprotected", "aws:ebs/volume:Volume", {"encrypted": True}, True),
     Fixture("data-protected", "efs-retained-invisible-to-engine", "aws:efs/fileSystem:FileSystem",
             {"encrypted": True}, True, expect="protect"),
 ]

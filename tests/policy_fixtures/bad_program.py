@@ -1,4 +1,4 @@
-"""A program that renders violating resources, for ``check --program tests.policy_fixtures.bad_program:run``.
+"""A program that renders violating resources, for ``check.check_stack(stack, program=bad_program.run)``.
 
 Raw ``CustomResource``s with hand-written props, the way someone might write them without our
 models: an agent server published straight on 8000 with its key in plain env, an Ingress with

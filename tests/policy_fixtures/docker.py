@@ -12,6 +12,8 @@ CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
 KEYS = {"OH_SESSION_API_KEYS_0": "k" * 48, "OH_SECRET_KEY": "s" * 48}
+# How the engine marshals a secret value (pulumi sdk/go/common/resource/properties.go).
+SECRET_SIG_KEY, SECRET_SIG = "4dabf18193072939515e22adb298388d", "1b47061264138c4ac30d75fd1eb44270"
 
 
 def agent(**extra: Any) -> dict[str, Any]:
@@ -42,14 +44,16 @@ HAND = {"name": "agent", "image": "ghcr.io/openhands/agent-server:latest",
         "envs": ["OH_SESSION_API_KEYS_0=", "OH_SECRET_KEY=abc"]}
 
 FIXTURES: list[Fixture] = [
-    Fixture("no-plain-secrets", "rendered-envs-secret", CONTAINER, agent(), secret_paths=["envs"]),
     Fixture("no-plain-secrets", "engine-envs-declared-secret", CONTAINER, agent(),
             additional_secret_outputs=["envs"]),
-    Fixture("no-plain-secrets", "engine-cannot-see-secretness", CONTAINER, agent(), True,
+    # envs holds Pulumi secrets (the engine sends them as secret envelopes), but the analyzer unwraps them
+    # unmarked: without additional_secret_outputs the policy cannot tell.
+    Fixture("no-plain-secrets", "engine-cannot-see-secretness", CONTAINER,
+            agent(envs=[{SECRET_SIG_KEY: SECRET_SIG, "value": e} for e in agent()["envs"]]), True,
             expect="additional_secret_outputs"),
-    Fixture("no-plain-secrets", "hand-written-plain-env", CONTAINER, HAND, True, secret_paths=[],
+    Fixture("no-plain-secrets", "hand-written-plain-env", CONTAINER, HAND, True,
             name="agent", expect="OH_SECRET_KEY"),
-    Fixture("session-key-not-empty", "rendered-keys", CONTAINER, agent(), secret_paths=["envs"]),
+    Fixture("session-key-not-empty", "rendered-keys", CONTAINER, agent(), additional_secret_outputs=["envs"]),
     Fixture("session-key-not-empty", "hand-written-blank-key", CONTAINER, HAND, True, expect="OH_SESSION_API_KEYS_0"),
     Fixture("docker-publish-only-tls-proxy", "agent-unpublished", CONTAINER, agent()),
     Fixture("docker-publish-only-tls-proxy", "proxy-publishes", CONTAINER, PROXY),
@@ -74,6 +78,6 @@ FIXTURES: list[Fixture] = [
     Fixture("image-pinned", "remote-image-pinned", IMAGE, {"name": contract.DEFAULT_IMAGE}),
     Fixture("image-pinned", "remote-image-untagged", IMAGE, {"name": "caddy"}, True),
     Fixture("image-pinned", "hand-written-latest", CONTAINER, HAND, True),
-    Fixture("data-protected", "volume-retained", VOLUME, {"name": "state"}, retain_on_delete=True),
-    Fixture("data-protected", "volume-deleted-on-destroy", VOLUME, {"name": "state"}, True, retain_on_delete=False),
+    Fixture("data-protected", "volume-protected", VOLUME, {"name": "state"}, protect=True),
+    Fixture("data-protected", "volume-deleted-on-destroy", VOLUME, {"name": "state"}, True),
 ]

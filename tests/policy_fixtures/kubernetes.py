@@ -17,6 +17,7 @@ SECRET = "kubernetes:core/v1:Secret"
 INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
 PVC = "kubernetes:core/v1:PersistentVolumeClaim"
+GATEWAY = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
 
 LABELS = {"app.kubernetes.io/name": "openhands", "app.kubernetes.io/instance": "default",
           "app.kubernetes.io/component": contract.ROLE}
@@ -115,6 +116,22 @@ INGRESS_OK = {"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                            {"path": "/", "pathType": "Prefix", "backend": {"service": {
                                "name": "agent-default", "port": {"number": contract.PORT}}}}]}}]}}
 
+# Shaped like components/kubernetes.py's created Gateway (routing: gateway, create: true).
+GATEWAY_OK = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+              "metadata": {"name": "openhands-k8s", "namespace": "gateway-system",
+                           "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt-prod"}},
+              "spec": {"gatewayClassName": "eg", "listeners": [{
+                  "name": "default", "hostname": "default.agents.example.com", "port": 443, "protocol": "HTTPS",
+                  "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": "agent-default-tls"}]},
+                  "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {
+                      "kubernetes.io/metadata.name": "openhands"}}}}}]}}
+HTTP_LISTENER = {"name": "http", "port": 80, "protocol": "HTTP"}
+
+
+def gateway(*listeners: dict[str, Any]) -> dict[str, Any]:
+    return {**GATEWAY_OK, "spec": {**GATEWAY_OK["spec"], "listeners": list(listeners)}}
+
+
 FIXTURES: list[Fixture] = [
     # secrets
     Fixture("no-plain-secrets", "statefulset-secret-key-ref", STS, statefulset()),
@@ -144,6 +161,15 @@ FIXTURES: list[Fixture] = [
     Fixture("ingress-tls", "wildcard-covers", INGRESS,
             {**INGRESS_OK, "spec": {**INGRESS_OK["spec"], "tls": [{"hosts": ["*.agents.example.com"],
                                                                    "secretName": "wild"}]}}),
+    Fixture("ingress-tls", "rendered-gateway", GATEWAY, GATEWAY_OK),
+    Fixture("ingress-tls", "gateway-http-only", GATEWAY, gateway(HTTP_LISTENER), True, expect="listener 'http'"),
+    Fixture("ingress-tls", "gateway-http-beside-https", GATEWAY,
+            gateway(*GATEWAY_OK["spec"]["listeners"], HTTP_LISTENER), True, expect="plain traffic"),
+    Fixture("ingress-tls", "gateway-https-without-certificate", GATEWAY,
+            gateway({**GATEWAY_OK["spec"]["listeners"][0], "tls": {"mode": "Terminate"}}), True,
+            expect="without a certificate"),
+    Fixture("ingress-tls", "gateway-tls-passthrough", GATEWAY,
+            gateway({"name": "tls", "port": 443, "protocol": "TLS", "tls": {"mode": "Passthrough"}})),
     # health checks
     Fixture("agent-server-health-checks", "statefulset-probes", STS, statefulset()),
     Fixture("agent-server-health-checks", "hand-written-no-probes", DEPLOY, HAND_DEPLOY, True,
@@ -194,6 +220,5 @@ FIXTURES: list[Fixture] = [
         persistentVolumeClaimRetentionPolicy={"whenDeleted": "Delete", "whenScaled": "Retain"}), True,
         expect="whenDeleted"),
     Fixture("data-protected", "pvc-protected", PVC, {"spec": {"accessModes": ["ReadWriteOnce"]}}, protect=True),
-    Fixture("data-protected", "pvc-unprotected", PVC, {"spec": {"accessModes": ["ReadWriteOnce"]}}, True,
-            retain_on_delete=False),
+    Fixture("data-protected", "pvc-unprotected", PVC, {"spec": {"accessModes": ["ReadWriteOnce"]}}, True),
 ]
