@@ -638,6 +638,60 @@ class Egress(Settings):
         return sorted(self.allow_cidrs) != sorted(WORLD) or bool(self.except_cidrs)
 
 
+# Gateway API: a Gateway holds at most 64 listeners (the CRD's maxItems), and a created Gateway
+# has one HTTPS listener per tenant.
+GATEWAY_MAX_LISTENERS = 64
+
+
+class GatewaySettings(Settings):
+    """``routing: gateway``: the Gateway every tenant's HTTPRoute attaches to.
+
+    An existing Gateway (``create: false``, the default) is named by ``name`` and ``namespace``;
+    its listeners hold the certificates. With ``create: true`` the stack creates the Gateway in
+    ``namespace`` (it must exist), of class ``className``, with one HTTPS listener per tenant host
+    whose certificate comes from ``kubernetes.tls``. ``proxyNamespace``: where the controller runs
+    the proxy pods (the NetworkPolicy admits that namespace), when not the Gateway's own."""
+
+    create: bool = False
+    name: str | None = Field(None, pattern=_K8S_SUBDOMAIN, validate_default=True)  # None with create: <prefix>
+    namespace: str = Field(pattern=_K8S_NAME)
+    class_name: str | None = Field(None, pattern=_K8S_SUBDOMAIN, validate_default=True)
+    section_name: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
+    proxy_namespace: str | None = Field(None, pattern=_K8S_NAME)
+
+    @field_validator("name")
+    @classmethod
+    def _existing_needs_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None and not info.data.get("create"):
+            raise ValueError("is required: the name of your Gateway (or set create: true for one the stack creates)")
+        return value
+
+    @field_validator("class_name")
+    @classmethod
+    def _class_for_created(cls, value: str | None, info: ValidationInfo) -> str | None:
+        create = info.data.get("create")
+        if create and value is None:
+            raise ValueError("is required with create: true: the GatewayClass of the Gateway the stack creates")
+        if create is False and value is not None:
+            raise ValueError("is only for create: true; an existing Gateway already has its class, remove it")
+        return value
+
+    @field_validator("section_name")
+    @classmethod
+    def _section_of_existing(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if info.data.get("create"):
+            raise ValueError(
+                "is only for an existing Gateway (create: false); a created Gateway has one listener per tenant "
+                "and each HTTPRoute attaches to its own, remove it"
+            )
+        return value
+
+    @property
+    def source_namespace(self) -> str:
+        """The namespace whose pods (the gateway's proxies) may reach the agent servers."""
+        return self.proxy_namespace or self.namespace
+
+
 _K8S_PREFIX = _pattern(  # a DNS-1035 label short enough for "<prefix>-<tenant>" object names
     r"^[a-z]([-a-z0-9]{0,24}[a-z0-9])?$",
     "1-26 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit",
@@ -646,7 +700,10 @@ _K8S_PREFIX = _pattern(  # a DNS-1035 label short enough for "<prefix>-<tenant>"
 
 
 class KubernetesSettings(Settings):
-    """The Kubernetes model: one StatefulSet, Service, Ingress and NetworkPolicy per tenant.
+    """The Kubernetes model: one StatefulSet, Service, Ingress (or HTTPRoute) and NetworkPolicy per tenant.
+
+    Routing: ``ingress`` (the default) renders an Ingress per tenant; ``gateway`` an HTTPRoute per
+    tenant attached to the Gateway in ``gateway`` (see GatewaySettings).
 
     Names: every object is ``<namePrefix>-<tenant>[-suffix]``; the prefix defaults to the
     project and stack (``openhands-<stack>``), and so does the namespace, so two stacks or
@@ -660,10 +717,13 @@ class KubernetesSettings(Settings):
     kubeconfig: KubeconfigSecret | None = None  # contents or path; None = ambient (KUBECONFIG / ~/.kube/config)
     context: str | None = Field(None, min_length=1)
     domain: Domain
+    routing: Literal["ingress", "gateway"] = "ingress"
     ingress_class: str = Field("nginx", pattern=_K8S_SUBDOMAIN)
     ingress_namespace: str = Field("ingress-nginx", pattern=_K8S_NAME)
     ingress_annotations: dict[str, str] = {}
-    tls: IngressTls
+    gateway: GatewaySettings | None = Field(None, validate_default=True)
+    # Required, except with an existing Gateway: its listeners hold the certificates.
+    tls: IngressTls | None = Field(None, validate_default=True)
     storage_class: str | None = Field(None, pattern=_K8S_SUBDOMAIN)
     storage_size: str = Field("10Gi", pattern=_K8S_QUANTITY)
     access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteOnce"
@@ -684,6 +744,44 @@ class KubernetesSettings(Settings):
                 raise ValueError(f"{key!r}: set the issuer with tls.clusterIssuer / tls.issuer, not an annotation")
         return value
 
+    @field_validator("ingress_class", "ingress_namespace", "ingress_annotations")
+    @classmethod
+    def _ingress_only(cls, value: Any, info: ValidationInfo) -> Any:
+        # Defaults are not validated: this runs only for a key the stack sets.
+        if info.data.get("routing") == "gateway":
+            raise ValueError(
+                "is for routing: ingress; with routing: gateway the HTTPRoutes attach to kubernetes.gateway "
+                "(the NetworkPolicy admits gateway.namespace, or gateway.proxyNamespace), remove it"
+            )
+        return value
+
+    @field_validator("gateway")
+    @classmethod
+    def _gateway_for_routing(cls, value: GatewaySettings | None, info: ValidationInfo) -> GatewaySettings | None:
+        routing = info.data.get("routing")
+        if routing == "gateway" and value is None:
+            raise ValueError(
+                "is required with routing: gateway: name and namespace of your Gateway, or create: true with "
+                "namespace and className"
+            )
+        if routing == "ingress" and value is not None:
+            raise ValueError("is for routing: gateway; set kubernetes.routing: gateway, or remove it")
+        return value
+
+    @field_validator("tls")
+    @classmethod
+    def _tls_unless_existing_gateway(cls, value: IngressTls | None, info: ValidationInfo) -> IngressTls | None:
+        gateway = info.data.get("gateway")
+        existing = info.data.get("routing") == "gateway" and gateway is not None and not gateway.create
+        if value is None and not existing and "gateway" in info.data:
+            raise ValueError("is required: one of clusterIssuer, issuer or secretName")
+        if value is not None and existing:
+            raise ValueError(
+                "is not used with an existing Gateway (gateway.create: false): its listeners hold the "
+                "certificates; remove it, or set gateway.create: true"
+            )
+        return value
+
     @field_validator("render_to")
     @classmethod
     def _render_dir(cls, value: str | None) -> str | None:
@@ -699,14 +797,53 @@ class KubernetesSettings(Settings):
             raise ValueError(f"namespace {self.namespace!r} is reserved for the cluster; choose another")
         if self.create_namespace and self.namespace == "default":
             raise ValueError("namespace 'default' always exists; set createNamespace: false to reuse it")
+        if self.render_to is not None and (self.kubeconfig is not None or self.context is not None):
+            # pulumi-kubernetes refuses a cluster beside renderYamlToDirectory (at `up`, after a wait).
+            raise ValueError("renderTo writes manifests without contacting a cluster: remove kubeconfig and "
+                             "context, or remove renderTo to deploy to that cluster")
         return self
 
     def host_for(self, tenant: str) -> str:
         return f"{tenant}.{self.domain}"
 
+    @property
+    def source_namespace(self) -> str:
+        """The namespace whose pods may reach the agent servers: the ingress controller's, or the
+        gateway's proxies'."""
+        return self.gateway.source_namespace if self.routing == "gateway" and self.gateway else self.ingress_namespace
+
+    def gateway_problems(self, cfg: StackConfig) -> list[str]:
+        """routing: gateway, against the whole stack: the listener limit of a created Gateway, and a
+        NetworkPolicy source that would be the tenants' own namespace."""
+        gw = self.gateway
+        if self.routing != "gateway" or gw is None:
+            return []
+        key = f"  - {NAMESPACE}:kubernetes.gateway"
+        problems = []
+        if gw.create and len(cfg.tenants) > GATEWAY_MAX_LISTENERS:
+            problems.append(
+                f"{key}.create: a created Gateway has one HTTPS listener per tenant and Gateway API allows "
+                f"{GATEWAY_MAX_LISTENERS}; this stack has {len(cfg.tenants)} tenants: attach them to an existing "
+                "Gateway with a wildcard listener for *.<domain> (create: false)"
+            )
+        from components.kubernetes import name_prefix, namespace_for  # the tenants' namespace
+
+        tenants_ns = namespace_for(self, name_prefix(self))
+        if gw.source_namespace == tenants_ns:
+            which = "proxyNamespace" if gw.proxy_namespace else "namespace"
+            problems.append(
+                f"{key}.{which}: {tenants_ns!r} is the tenants' namespace; the NetworkPolicy admits the gateway's "
+                "proxies by namespace, so it would admit every tenant's pod: put the Gateway in another namespace, "
+                "or set gateway.proxyNamespace to where your controller runs its proxies"
+            )
+        return problems
+
     def check_stack(self, cfg: StackConfig) -> list[str]:
-        """renderTo, if it exists, must be a directory. A kubeconfig given as a path must be a
-        readable file; given as contents, YAML or JSON."""
+        """routing: gateway fits the stack (gateway_problems). renderTo, if it exists, must be a
+        directory. A kubeconfig given as a path must be a readable file; given as contents, YAML or JSON."""
+        problems = self.gateway_problems(cfg)
+        if problems:
+            return problems
         if self.render_to is not None:
             from pathlib import Path
 

@@ -2,8 +2,13 @@
 
 Per tenant, in one namespace (created or reused): a Secret with the keys, a
 ServiceAccount without a token, a single-replica StatefulSet whose claim holds every
-state path, a ClusterIP Service, an Ingress with TLS on ``<tenant>.<domain>``, and a
-NetworkPolicy that admits only the ingress controller's namespace.
+state path, a ClusterIP Service, an Ingress with TLS on ``<tenant>.<domain>`` (or, with
+``routing: gateway``, a Gateway API HTTPRoute for that host), and a NetworkPolicy that
+admits only the ingress controller's (or the gateway proxies') namespace.
+
+Gateway API objects are CustomResources (pulumi-kubernetes has no typed classes for them):
+an HTTPRoute per tenant attached to a Gateway the user names, or to one the stack creates
+with an HTTPS listener per tenant host.
 
 Why a StatefulSet (1 replica + volumeClaimTemplate) rather than a Deployment with
 ``Recreate`` and a PVC: the agent server keeps its state in files, and two processes on
@@ -33,7 +38,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import contract
-from components.config import KubernetesSettings, StackConfig
+from components.config import IngressTls, KubernetesSettings, StackConfig
 from components.keys import TenantKeys
 from components.program import Deployment
 
@@ -47,9 +52,23 @@ STATE_VOLUME = "state"
 # Long-lived WebSockets on /sockets/*: the server pings every 20 s, but a controller's
 # default 60 s read timeout still cuts a quiet stream. One hour, in each controller's terms.
 WEBSOCKET_TIMEOUT_SECONDS = 3600
+# Gateway API (standard channel; HTTPRoute rule timeouts are standard from v1.2).
+GATEWAY_API_VERSION = "gateway.networking.k8s.io/v1"
+GATEWAY_HTTPS_PORT = 443
+# Labels of the stack-wide objects (the namespace, a created Gateway).
+STACK_LABELS = {"app.kubernetes.io/part-of": "openhands", "app.kubernetes.io/managed-by": "pulumi"}
 # The server shuts down cleanly in ~1.5 s on SIGTERM and releases its conversation leases;
 # leave room for in-flight requests.
 TERMINATION_GRACE_SECONDS = 30
+
+
+def cert_manager_annotations(tls: IngressTls) -> dict[str, str]:
+    """cert-manager's ingress-shim and gateway-shim read the same annotations; none with a secret."""
+    if tls.cluster_issuer:
+        return {"cert-manager.io/cluster-issuer": tls.cluster_issuer}
+    if tls.issuer:
+        return {"cert-manager.io/issuer": tls.issuer}
+    return {}
 
 
 def websocket_annotations() -> dict[str, str]:
@@ -104,10 +123,22 @@ def names(tenant: str, prefix: str) -> dict[str, str]:
         "secret": f"{base}-keys",
         "service_account": base,
         "ingress": base,
+        "http_route": base,
         "network_policy": base,
         "tls_secret": f"{base}-tls",
         "claim": f"{STATE_VOLUME}-{base}-0",  # <template>-<statefulset>-<ordinal>
     }
+
+
+def gateway_name(settings: KubernetesSettings, prefix: str) -> str:
+    """The Gateway the routes attach to: the one named, else (created) the stack's prefix."""
+    assert settings.gateway is not None
+    return settings.gateway.name or prefix
+
+
+def namespace_selector(namespace: str) -> dict[str, Any]:
+    # Every namespace carries this label (set by the API server since 1.21).
+    return {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
 
 
 def selector_labels(tenant: str) -> dict[str, str]:
@@ -150,16 +181,14 @@ def _scratch_volume(path: str) -> str:
 
 
 def network_policy_spec(tenant: str, settings: KubernetesSettings) -> dict[str, Any]:
-    """Ingress: the contract port, only from the ingress controller's namespace.
-    Egress: open unless ``egress`` narrows it; DNS stays reachable when narrowed."""
+    """Ingress: the contract port, only from the ingress controller's (or the gateway proxies')
+    namespace. Egress: open unless ``egress`` narrows it; DNS stays reachable when narrowed."""
     spec: dict[str, Any] = {
         "podSelector": {"matchLabels": selector_labels(tenant)},
         "policyTypes": ["Ingress", "Egress"],
         "ingress": [
             {
-                "from": [
-                    {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": settings.ingress_namespace}}}
-                ],
+                "from": [{"namespaceSelector": namespace_selector(settings.source_namespace)}],
                 "ports": [{"protocol": "TCP", "port": contract.PORT}],
             }
         ],
@@ -189,6 +218,58 @@ def network_policy_spec(tenant: str, settings: KubernetesSettings) -> dict[str, 
     return spec
 
 
+def http_route_spec(tenant: str, settings: KubernetesSettings, prefix: str) -> dict[str, Any]:
+    """The tenant's host, every path, to its Service. A created Gateway has a listener per tenant
+    (named after it): the route attaches to that one alone; else to ``sectionName``, if given."""
+    gw = settings.gateway
+    assert gw is not None
+    parent: dict[str, Any] = {"name": gateway_name(settings, prefix), "namespace": gw.namespace}
+    section = tenant if gw.create else gw.section_name
+    if section:
+        parent["sectionName"] = section
+    return {
+        "parentRefs": [parent],
+        "hostnames": [settings.host_for(tenant)],
+        "rules": [
+            {
+                "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],  # /api and /sockets/*
+                "backendRefs": [{"name": names(tenant, prefix)["service"], "port": contract.PORT}],
+                # The whole request, in Gateway API's one portable timeout (standard channel, Extended
+                # support). Envoy-based gateways apply it to the upgrade, not to the open WebSocket, and
+                # raise the stream idle timeout to match (Envoy Gateway: at least an hour).
+                "timeouts": {"request": f"{WEBSOCKET_TIMEOUT_SECONDS}s"},
+            }
+        ],
+    }
+
+
+def gateway_spec(settings: KubernetesSettings, prefix: str, tenants: list[str]) -> dict[str, Any]:
+    """A created Gateway: one HTTPS listener per tenant host, terminating TLS with the tenant's
+    certificate (cert-manager's ``<prefix>-<tenant>-tls``, or the existing ``tls.secretName``), and
+    admitting HTTPRoutes from the tenants' namespace only."""
+    gw, tls = settings.gateway, settings.tls
+    assert gw is not None and gw.class_name and tls is not None
+    allowed = {"namespaces": {"from": "Selector", "selector": namespace_selector(namespace_for(settings, prefix))},
+               "kinds": [{"kind": "HTTPRoute"}]}
+    return {
+        "gatewayClassName": gw.class_name,
+        "listeners": [
+            {
+                "name": t,
+                "hostname": settings.host_for(t),
+                "port": GATEWAY_HTTPS_PORT,
+                "protocol": "HTTPS",
+                "tls": {
+                    "mode": "Terminate",
+                    "certificateRefs": [{"kind": "Secret", "name": tls.secret_name or names(t, prefix)["tls_secret"]}],
+                },
+                "allowedRoutes": allowed,
+            }
+            for t in tenants
+        ],
+    }
+
+
 class AgentServer(pulumi.ComponentResource):
     """One tenant's agent server and everything that reaches it."""
 
@@ -196,7 +277,8 @@ class AgentServer(pulumi.ComponentResource):
     service_account: k8s.core.v1.ServiceAccount
     stateful_set: k8s.apps.v1.StatefulSet
     service: k8s.core.v1.Service
-    ingress: k8s.networking.v1.Ingress
+    ingress: k8s.networking.v1.Ingress | None  # routing: ingress
+    http_route: k8s.apiextensions.CustomResource | None  # routing: gateway
     network_policy: k8s.networking.v1.NetworkPolicy
     url: pulumi.Output[str]
 
@@ -208,6 +290,7 @@ class AgentServer(pulumi.ComponentResource):
         keys: TenantKeys,
         cfg: StackConfig,
         prefix: str,
+        gateway: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("openhands:kubernetes:AgentServer", tenant, None, opts)
@@ -348,14 +431,35 @@ class AgentServer(pulumi.ComponentResource):
             },
             opts=child,
         )
+        self.ingress = self.http_route = None
+        if settings.routing == "gateway":
+            self.http_route = k8s.apiextensions.CustomResource(
+                f"{tenant}-route",
+                api_version=GATEWAY_API_VERSION,
+                kind="HTTPRoute",
+                metadata=meta(n["http_route"]),
+                spec=http_route_spec(tenant, settings, prefix),
+                opts=child.merge(pulumi.ResourceOptions(depends_on=[r for r in (self.service, gateway) if r])),
+            )
+        else:
+            self.ingress = self._ingress(tenant, settings, n, host, meta, child)
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{tenant}-netpol",
+            metadata=meta(n["network_policy"]),
+            spec=network_policy_spec(tenant, settings),
+            opts=child,
+        )
+        self.url = pulumi.Output.from_input(f"https://{host}")
+        self.register_outputs({"url": self.url, "claim": n["claim"]})
+
+    def _ingress(self, tenant: str, settings: KubernetesSettings, n: dict[str, str], host: str, meta: Any,
+                 child: pulumi.ResourceOptions) -> k8s.networking.v1.Ingress:
         annotations = websocket_annotations()
         tls = settings.tls
-        if tls.cluster_issuer:
-            annotations["cert-manager.io/cluster-issuer"] = tls.cluster_issuer
-        elif tls.issuer:
-            annotations["cert-manager.io/issuer"] = tls.issuer
+        assert tls is not None
+        annotations.update(cert_manager_annotations(tls))
         annotations.update(settings.ingress_annotations)
-        self.ingress = k8s.networking.v1.Ingress(
+        return k8s.networking.v1.Ingress(
             f"{tenant}-ingress",
             metadata=meta(n["ingress"], annotations),
             spec={
@@ -381,20 +485,13 @@ class AgentServer(pulumi.ComponentResource):
             },
             opts=child.merge(pulumi.ResourceOptions(depends_on=[self.service])),
         )
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{tenant}-netpol",
-            metadata=meta(n["network_policy"]),
-            spec=network_policy_spec(tenant, settings),
-            opts=child,
-        )
-        self.url = pulumi.Output.from_input(f"https://{host}")
-        self.register_outputs({"url": self.url, "claim": n["claim"]})
 
 
 class KubernetesDeployment(pulumi.ComponentResource):
     """All tenants in one namespace. The cluster comes from the provider in ``opts``."""
 
     namespace: k8s.core.v1.Namespace | None
+    gateway: k8s.apiextensions.CustomResource | None  # routing: gateway with create: true
     namespace_name: pulumi.Output[str]
     prefix: str
     servers: dict[str, AgentServer]
@@ -421,8 +518,7 @@ class KubernetesDeployment(pulumi.ComponentResource):
                 metadata={
                     "name": namespace,
                     "labels": {
-                        "app.kubernetes.io/part-of": "openhands",
-                        "app.kubernetes.io/managed-by": "pulumi",
+                        **STACK_LABELS,
                         # The pods meet the "restricted" Pod Security Standard; enforce it.
                         "pod-security.kubernetes.io/enforce": "restricted",
                         "pod-security.kubernetes.io/warn": "restricted",
@@ -433,8 +529,30 @@ class KubernetesDeployment(pulumi.ComponentResource):
             self.namespace_name = self.namespace.metadata.apply(lambda m: m.name)
         else:
             self.namespace_name = pulumi.Output.from_input(namespace)
+        self.gateway = None
+        gw = settings.gateway if settings.routing == "gateway" else None
+        if gw is not None and gw.create:
+            metadata: dict[str, Any] = {
+                "name": gateway_name(settings, self.prefix),
+                # The tenants' namespace, when the stack creates it, must exist first.
+                "namespace": self.namespace_name if gw.namespace == namespace else gw.namespace,
+                "labels": dict(STACK_LABELS),
+            }
+            # cert-manager's gateway-shim issues a certificate per listener into its certificateRefs secret.
+            annotations = cert_manager_annotations(settings.tls)  # type: ignore[arg-type]
+            if annotations:
+                metadata["annotations"] = annotations
+            self.gateway = k8s.apiextensions.CustomResource(
+                f"{name}-gateway",
+                api_version=GATEWAY_API_VERSION,
+                kind="Gateway",
+                metadata=metadata,
+                spec=gateway_spec(settings, self.prefix, cfg.tenants),
+                opts=child,
+            )
         self.servers = {
-            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, prefix=self.prefix, opts=child)
+            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, prefix=self.prefix,
+                           gateway=self.gateway, opts=child)
             for t in cfg.tenants
         }
         self.urls = {t: s.url for t, s in self.servers.items()}
@@ -450,6 +568,10 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
     # renderTo: the provider writes manifests to that directory instead of applying them. A
     # relative path is passed as written (the engine starts the provider in the project
     # directory), so the provider's inputs do not change between checkouts at other paths.
+    if settings.render_to is not None:
+        # Given None, the SDK fills kubeconfig from $KUBECONFIG, and the provider refuses any
+        # kubeconfig beside renderYamlToDirectory: "" is "none" to both.
+        kubeconfig = ""
     provider = k8s.Provider(
         "kubernetes", kubeconfig=kubeconfig, context=settings.context, render_yaml_to_directory=settings.render_to
     )

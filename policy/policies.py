@@ -11,17 +11,16 @@ kinds written by hand; agent-server workloads are recognised by a label/tag whos
 ``contract.ROLE`` or by the image repository ``contract.IMAGE_REPOSITORY`` (or any
 ``*/agent-server`` mirror of it).
 
-Two facts the Python analyzer cannot see, so the offline ``check`` harness attaches them to
-the args as extra attributes (absent under the real engine):
+Two facts a policy cannot see under the engine, so none of them relies on them (and the offline
+``check`` hands the policies exactly what the engine's analyzer does, ``components.check.analyze_request``):
 
-* ``args.secret_paths``: which input paths were Pulumi secrets. pulumi-policy 1.21.0's
-  ``Analyze`` deserializes with ``proxy_secrets=False``, so secretness is erased before a policy
-  runs. Under the engine we fall back to ``opts.additional_secret_outputs`` and otherwise
-  assume *not secret* (conservative: a Docker env carrying keys must be marked secret with
-  ``additional_secret_outputs=["envs"]`` to pass under ``pulumi preview --policy-pack``).
-* ``args.retain_on_delete``: the analyzer protocol (``AnalyzerResourceOptions`` in pulumi
-  3.272) has ``protect`` but no ``retainOnDelete``. Under the engine only ``protect`` (or a
-  native retention such as a StatefulSet's claim retention policy) counts.
+* which inputs are Pulumi secrets: pulumi-policy 1.21.0's ``Analyze`` deserializes with
+  ``proxy_secrets=False``, so secretness is erased before a policy runs. Only
+  ``opts.additional_secret_outputs`` says an input is secret (a Docker env carrying keys must be marked
+  with ``additional_secret_outputs=["envs"]``).
+* ``retainOnDelete``: the analyzer protocol (``AnalyzerResourceOptions``, pulumi 3.272 to 3.276) has
+  ``protect`` but no ``retainOnDelete``. Only ``protect`` (or a native retention such as a StatefulSet's
+  claim retention policy) counts.
 """
 
 from __future__ import annotations
@@ -81,6 +80,8 @@ K8S_CONFIGMAP = "kubernetes:core/v1:ConfigMap"
 K8S_SECRET = "kubernetes:core/v1:Secret"
 K8S_INGRESS = "kubernetes:networking.k8s.io/v1:Ingress"
 K8S_NETPOL = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+# Gateway API objects are CustomResources: the type is "kubernetes:<apiVersion>:<kind>".
+K8S_GATEWAY = re.compile(r"^kubernetes:gateway\.networking\.k8s\.io/v1(beta1)?:Gateway$")
 K8S_PVC = "kubernetes:core/v1:PersistentVolumeClaim"
 DOCKER_CONTAINER = "docker:index/container:Container"
 DOCKER_VOLUME = "docker:index/volume:Volume"
@@ -188,21 +189,16 @@ def _violation(report: ReportViolation, args: Any, problem: str, fix: str) -> No
 
 
 def marked_secret(args: Any, path: str) -> bool:
-    """Whether the input at ``path`` (e.g. ``envs[3]``) is a Pulumi secret, as far as we can know."""
-    paths = getattr(args, "secret_paths", None)  # set by the offline check harness only
+    """Whether the input at ``path`` (e.g. ``envs[3]``) is declared secret: its top-level input is in
+    ``additional_secret_outputs``. A secret value alone is invisible to a policy (module docstring)."""
     top = re.split(r"[.\[]", path, maxsplit=1)[0]
     opts = getattr(args, "opts", None)
-    declared = list(getattr(opts, "additional_secret_outputs", None) or [])
-    if top in declared:
-        return True
-    if paths is None:
-        return False  # the engine cannot tell us: assume plain (see module docstring)
-    return any(path == p or path.startswith(p + ".") or path.startswith(p + "[") for p in paths)
+    return top in list(getattr(opts, "additional_secret_outputs", None) or [])
 
 
 def retained(args: Any) -> bool:
-    opts = getattr(args, "opts", None)
-    return bool(getattr(opts, "protect", False) or getattr(args, "retain_on_delete", False))
+    """``protect``: the only retention option the analyzer receives (no retainOnDelete, module docstring)."""
+    return bool(getattr(getattr(args, "opts", None), "protect", False))
 
 
 def policy_config(args: Any) -> Mapping[str, Any]:
@@ -459,7 +455,30 @@ def _host_covered(host: str, tls_hosts: list[str]) -> bool:
     return False
 
 
+def gateway_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    """Every listener of a Gateway terminates TLS with a certificate (or passes TLS through)."""
+    for i, listener in enumerate(items(dig(args.props, "spec", "listeners"))):
+        name = dig(listener, "name", default=f"#{i}")
+        protocol = str(dig(listener, "protocol", default="")).upper()
+        port = num(dig(listener, "port"))
+        where = f"listener '{name}'" + (f" (port {port:g})" if port is not None else "")
+        if protocol not in ("HTTPS", "TLS"):
+            _violation(report, args, f"{where} is {protocol or 'without a protocol'}: plain traffic, no TLS",
+                       "use protocol HTTPS with tls.certificateRefs (cert-manager fills them from the "
+                       "cert-manager.io/cluster-issuer annotation); an HTTP listener is not allowed, not even "
+                       "for redirects")
+            continue
+        mode = str(dig(listener, "tls", "mode", default="Terminate"))
+        if mode == "Terminate" and not items(dig(listener, "tls", "certificateRefs")) and not dig(
+                listener, "tls", "options"):
+            _violation(report, args, f"{where} terminates {protocol} without a certificate",
+                       "set tls.certificateRefs to the TLS secret")
+
+
 def ingress_tls(args: ResourceValidationArgs, report: ReportViolation) -> None:
+    if K8S_GATEWAY.match(args.resource_type):
+        gateway_tls(args, report)
+        return
     if args.resource_type != K8S_INGRESS:
         return
     tls = [x for x in items(dig(args.props, "spec", "tls")) if is_map(x)]
@@ -816,7 +835,7 @@ def k8s_network_policy(args: StackValidationArgs, report: ReportViolation) -> No
             report(f"{r.resource_type.split(':')[-1]} '{r.name}': no NetworkPolicy selects the agent-server pods "
                    f"(labels {labels}), so any pod in the cluster can reach port {contract.PORT}. Fix: add a "
                    "NetworkPolicy whose podSelector matches them and allows ingress only from the ingress "
-                   "controller's namespace", r.urn)
+                   "controller's (or the gateway proxies') namespace", r.urn)
 
 
 # --------------------------------------------------------------------------- mandatory: limits and logs
@@ -884,8 +903,8 @@ def image_pinned_policy(args: ResourceValidationArgs, report: ReportViolation) -
 
 def data_protected(args: ResourceValidationArgs, report: ReportViolation) -> None:
     t, props = args.resource_type, args.props
-    fix = ("keep openhands:retainData true (the model sets retain_on_delete/protect), or set protect=True; "
-           "note the policy engine sees `protect` only, not retainOnDelete")
+    fix = ("set protect=True on it; the retainOnDelete that openhands:retainData sets does not reach the policy "
+           "engine (its analyzer protocol carries `protect` only), so retainData alone still shows this")
     if t in (DOCKER_VOLUME, K8S_PVC, EFS, EBS):
         if not retained(args):
             _violation(report, args, "data volume is neither protected nor retained on destroy", fix)
@@ -932,7 +951,8 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _resource("session-key-not-empty", "A session API key value is never empty.", session_key_not_empty),
     _resource("alb-listener-https", "ALB listeners are HTTPS with a certificate; port 80 may only redirect.",
               alb_listener_https),
-    _resource("ingress-tls", "Every Ingress has TLS for every host.", ingress_tls),
+    _resource("ingress-tls", "Every Ingress has TLS for every host; every Gateway listener terminates TLS.",
+              ingress_tls),
     _resource("docker-publish-only-tls-proxy", "The Docker host is published only through the TLS proxy.",
               docker_publish_only_tls_proxy),
     _resource("agent-server-health-checks", "Agent-server workloads have health checks: target-group path, "

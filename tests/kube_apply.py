@@ -27,8 +27,9 @@ provider/pkg/await/*.go and provider/pkg/provider/diff.go; facts, not code):
   provider, ``observedGeneration == generation``). Service (ClusterIP with a selector): the
   Endpoints object of the same name has subsets and has been quiet for the provider's 10 s
   settle time. Ingress: an Endpoints object for every backend Service, the same settle, and
-  ``status.loadBalancer.ingress`` non-empty. Others: none. Timeouts: 10 min; delete: foreground
-  propagation, then wait until the object is gone (5 min).
+  ``status.loadBalancer.ingress`` non-empty. Others (the Gateway API custom resources too):
+  none. Timeouts: 10 min; delete: foreground propagation, then wait until the object is gone
+  (5 min).
 
 No ingress controller runs in the throwaway cluster, and the Ingress await needs one to
 publish a status: with ``ingress_status_ip`` set, the applier writes that status itself
@@ -71,6 +72,10 @@ KINDS: dict[str, tuple[str, str, bool, tuple[str, ...]]] = {
     ),
     "kubernetes:networking.k8s.io/v1:Ingress": ("/apis/networking.k8s.io/v1", "ingresses", True, ()),
     "kubernetes:networking.k8s.io/v1:NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True, ()),
+    # Gateway API (CustomResources; the CRDs must be installed): no force-new field, no await.
+    "kubernetes:gateway.networking.k8s.io/v1:Gateway": ("/apis/gateway.networking.k8s.io/v1", "gateways", True, ()),
+    "kubernetes:gateway.networking.k8s.io/v1:HTTPRoute": (
+        "/apis/gateway.networking.k8s.io/v1", "httproutes", True, ()),
 }
 # Registered by the program but not sent to the cluster: the explicit provider (the applier
 # is given its kubeconfig) and the random passwords (resolved by the mock render).

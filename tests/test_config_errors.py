@@ -493,6 +493,16 @@ CASES: dict[str, tuple[str, dict[str, Any], tuple[str, str]]] = {
                                      ("openhands:docker", "engine is 'local'")),
     "ssh open to the world": ("vm", {"overrides": {"docker.vm.adminCidrs": ["0.0.0.0/0"]}},
                               ("openhands:docker.vm.adminCidrs", "whole internet")),
+    # routing: gateway (the k8s stack file sets ingressClass and ingressNamespace, ingress-only keys)
+    "ingress key with gateway routing": ("k8s", {"overrides": {
+        "kubernetes.routing": "gateway", "kubernetes.ingressNamespace": None,
+        "kubernetes.gateway": {"create": True, "namespace": "gateway-system", "className": "eg"}}},
+        ("openhands:kubernetes.ingressClass", "is for routing: ingress")),
+    "gateway routing without a gateway": ("k8s", {"overrides": {
+        "kubernetes.routing": "gateway", "kubernetes.ingressClass": None, "kubernetes.ingressNamespace": None}},
+        ("openhands:kubernetes.gateway", "is required with routing: gateway")),
+    "unknown routing": ("k8s", {"overrides": {"kubernetes.routing": "gateway-api"}},
+                        ("openhands:kubernetes.routing", "'ingress' or 'gateway'")),
 }
 
 

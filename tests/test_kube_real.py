@@ -389,6 +389,111 @@ def test_storage_resize_procedure_is_accepted_by_the_api_server(kube: Kube) -> N
     assert {s.action for s in steps} == {"same"}
 
 
+# ------------------------------------------------------------------ 8. Gateway API routing (issue 19)
+
+GATEWAY_API = "/apis/gateway.networking.k8s.io/v1/namespaces/{ns}/{plural}/{name}"
+TO_GATEWAY = {"kubernetes.routing": "gateway", "kubernetes.ingressClass": None, "kubernetes.ingressNamespace": None}
+
+
+def plain_namespace(kube: Kube, label: str) -> str:
+    ns = kube.namespace(label)
+    kube.client.request("POST", "/api/v1/namespaces", json.dumps(
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+    return ns
+
+
+def test_created_gateway_and_routes_pass_the_gateway_api_crds(kube: Kube, gateway_api_crds: list[str]) -> None:
+    """The API server validates the rendered Gateway and HTTPRoutes against the standard-channel CRDs
+    (OpenAPI schema, defaults and CEL rules), with no unknown-field warning; no controller runs here."""
+    ns, gw_ns = kube.namespace("gw"), plain_namespace(kube, "gwsys")
+    gateway = {"create": True, "namespace": gw_ns, "className": "openhands-test"}
+    r = render_k8s(ns, TWO, **TO_GATEWAY, **{"kubernetes.gateway": gateway})
+    volumes_for(kube, r, ns)
+    state, steps = up(kube, r)
+    assert by_kind(steps).keys() == {
+        "Namespace", "Secret", "ServiceAccount", "StatefulSet", "Service", "Gateway", "HTTPRoute", "NetworkPolicy"}
+
+    (gw,) = [whole_numbers(m) for m in manifests(r, "Gateway")]
+    live = kube.get(GATEWAY_API.format(ns=gw_ns, plural="gateways", name=gw["metadata"]["name"]))
+    assert not subset(gw["spec"], live["spec"]), subset(gw["spec"], live["spec"])
+    assert live["metadata"]["annotations"]["cert-manager.io/cluster-issuer"] == "letsencrypt-prod"
+    assert len(live["spec"]["listeners"]) == 2
+    for m in manifests(r, "HTTPRoute"):
+        route = whole_numbers(m)
+        live = kube.get(GATEWAY_API.format(ns=ns, plural="httproutes", name=route["metadata"]["name"]))
+        assert not subset(route["spec"], live["spec"]), subset(route["spec"], live["spec"])
+        # The CRD's defaults were applied: the schema, not a schemaless store, took the object.
+        (parent,) = live["spec"]["parentRefs"]
+        assert (parent["group"], parent["kind"]) == ("gateway.networking.k8s.io", "Gateway")
+        (backend,) = live["spec"]["rules"][0]["backendRefs"]
+        assert (backend["kind"], backend["weight"]) == ("Service", 1)
+    for m in manifests(r, "NetworkPolicy"):
+        live = kube.get(f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/{m['metadata']['name']}")
+        source = live["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchLabels"]
+        assert source == {"kubernetes.io/metadata.name": gw_ns}
+
+    # A fresh render is the same. Re-applying it moves only the Gateway's resourceVersion, once, with no
+    # visible change: the Gateway CRD (alone) defaults `status`, and the first update stores that default
+    # (a cluster without a controller; measured). The apply after that changes nothing: no perpetual diff.
+    def again() -> list[Step]:
+        _, steps = up(kube, render_k8s(ns, TWO, **TO_GATEWAY, **{"kubernetes.gateway": dict(gateway)}), state)
+        assert {s.action for s in steps} == {"same"}
+        return [s for s in steps if s.server_changed]
+
+    assert {s.kind for s in again()} <= {"Gateway"}
+    assert again() == []
+
+    # The validation is real: what the schema and its CEL rules refuse is refused.
+    def refused(plural: str, namespace: str, body: dict[str, Any], words: str) -> None:
+        body = json.loads(json.dumps(body))
+        body["metadata"] = {"name": "refused", "namespace": namespace}
+        with pytest.raises(ApplyError, match="HTTP 422") as info:
+            kube.client.request("POST", f"/apis/gateway.networking.k8s.io/v1/namespaces/{namespace}/{plural}",
+                                json.dumps(body), query=[("dryRun", "All")])
+        assert words in str(info.value), info.value
+
+    route = whole_numbers(manifests(r, "HTTPRoute")[0])
+    route["spec"]["rules"][0]["timeouts"]["request"] = "1 hour"
+    refused("httproutes", ns, route, "spec.rules[0].timeouts.request")
+    no_cert = json.loads(json.dumps(gw))
+    del no_cert["spec"]["listeners"][0]["tls"]["certificateRefs"]
+    refused("gateways", gw_ns, no_cert, "certificateRefs or options must be specified")
+    # config.GATEWAY_MAX_LISTENERS: the CRD allows 64 listeners, so the config refuses a 65th tenant.
+    many = json.loads(json.dumps(gw))
+    first = many["spec"]["listeners"][0]
+    many["spec"]["listeners"] = [{**first, "name": f"t{i}", "hostname": f"t{i}.agents.example.com"}
+                                 for i in range(65)]
+    refused("gateways", gw_ns, many, "must have at most 64 items")
+
+    steps = kube.applier.destroy(state)
+    assert {s.kind for s in steps if s.action == "delete"} >= {"Gateway", "HTTPRoute"}
+    assert kube.get(GATEWAY_API.format(ns=gw_ns, plural="gateways", name=gw["metadata"]["name"])) is None
+
+
+def test_routes_attach_to_an_existing_gateway_in_another_namespace(kube: Kube, gateway_api_crds: list[str]) -> None:
+    """An existing Gateway (the platform team's), whose listener admits the tenants' namespace."""
+    ns, infra = kube.namespace("gwx"), plain_namespace(kube, "infra")
+    existing = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+                "metadata": {"name": "shared", "namespace": infra},
+                "spec": {"gatewayClassName": "openhands-test", "listeners": [{
+                    "name": "https", "hostname": "*.agents.example.com", "port": 443, "protocol": "HTTPS",
+                    "tls": {"certificateRefs": [{"name": "wildcard-tls"}]},
+                    "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {
+                        "kubernetes.io/metadata.name": ns}}}}}]}}
+    kube.client.request("POST", f"/apis/gateway.networking.k8s.io/v1/namespaces/{infra}/gateways",
+                        json.dumps(existing))
+    r = render_k8s(ns, ["alpha"], **TO_GATEWAY, **{"kubernetes.tls": None, "kubernetes.gateway": {
+        "name": "shared", "namespace": infra, "sectionName": "https"}})
+    assert not manifests(r, "Gateway")
+    volumes_for(kube, r, ns)
+    _, steps = up(kube, r)
+    assert "HTTPRoute" in by_kind(steps)
+    (route,) = [whole_numbers(m) for m in manifests(r, "HTTPRoute")]
+    live = kube.get(GATEWAY_API.format(ns=ns, plural="httproutes", name=route["metadata"]["name"]))
+    assert not subset(route["spec"], live["spec"]), subset(route["spec"], live["spec"])
+    assert live["spec"]["parentRefs"][0]["namespace"] == infra
+
+
 # ------------------------------------------------------------------ the applier itself
 
 

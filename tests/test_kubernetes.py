@@ -7,6 +7,7 @@ container spec taken from the rendered StatefulSet boots the real agent server.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -373,6 +374,8 @@ BAD = {
     "name prefix not a label": ({"kubernetes.namePrefix": "Prod_1"}, "openhands:kubernetes.namePrefix"),
     "renderTo blank": ({"kubernetes.renderTo": "  "}, "renderTo is a directory path"),
     "renderTo is a file": ({"kubernetes.renderTo": "Pulumi.yaml"}, "exists and is not a directory"),
+    "renderTo with a context": ({"kubernetes.renderTo": "out", "kubernetes.context": "prod"},
+                                "renderTo writes manifests without contacting a cluster"),
     "no kubernetes object": ({"kubernetes": None}, "needs the 'kubernetes' object"),
 }
 
@@ -421,16 +424,16 @@ def test_rendered_container_spec_boots_the_real_agent_server(one: Rendered, star
     assert (server.workdir / "data" / "conversations").is_dir()
 
 
-@pytest.mark.skipif(
-    not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("unshare")),
-    reason="needs root and unshare(1) to give the server a read-only root filesystem",
-)
 def test_server_runs_on_a_read_only_root_with_the_rendered_scratch_dirs(one: Rendered) -> None:
     """readOnlyRootFilesystem, emulated: in a private mount namespace / is remounted read-only,
     /tmp is a fresh tmpfs (the /tmp emptyDir), and only the data and home dirs stay writable.
     The server must start, serve /ready and create a conversation (state writes) without a
     write error. The image runs a PyInstaller build of the same code; this runs the wheel."""
     from tests import agent_server
+    from tests.ci import unavailable
+
+    if not (os.geteuid() == 0 and shutil.which("unshare")):
+        unavailable("needs root and unshare(1) to give the server a read-only root filesystem")
 
     sts = of_kind(one, "StatefulSet")[0]
     c = container(sts)
@@ -550,8 +553,8 @@ def test_longest_names_fit_kubernetes_limits() -> None:
 
 
 def test_render_to_sets_the_providers_directory_and_writes_no_plaintext_key() -> None:
-    """Only the provider input is checked here: the kubernetes plugin cannot be built on this
-    machine, so its file output is not run for real."""
+    """The provider's inputs; the files it writes are checked through the real provider in
+    tests/test_kube_up.py."""
     r = render(STACK, overrides={"kubernetes.renderTo": "rendered/k8s", "tenants": THREE})
     (prov,) = r.of_type("pulumi:providers:kubernetes")
     # Passed as written: the engine starts the provider in the project directory, and a
@@ -566,3 +569,193 @@ def test_render_to_sets_the_providers_directory_and_writes_no_plaintext_key() ->
     absolute = render(STACK, overrides={"kubernetes.renderTo": "/tmp/openhands-rendered"})
     assert absolute.one("pulumi:providers:kubernetes").inputs["renderYamlToDirectory"] == "/tmp/openhands-rendered"
     assert "renderYamlToDirectory" not in render(STACK).one("pulumi:providers:kubernetes").inputs
+
+
+# ------------------------------------------------------------------ Gateway API routing (issue 19)
+
+GATEWAY_NS = "gateway-system"
+# The k8s stack file sets ingressClass and ingressNamespace: ingress-only keys, removed for routing: gateway.
+TO_GATEWAY = {"kubernetes.routing": "gateway", "kubernetes.ingressClass": None, "kubernetes.ingressNamespace": None}
+CREATED = {**TO_GATEWAY, "kubernetes.gateway": {"create": True, "namespace": GATEWAY_NS, "className": "eg"}}
+EXISTING = {**TO_GATEWAY, "kubernetes.tls": None,
+            "kubernetes.gateway": {"name": "shared", "namespace": "infra", "sectionName": "https",
+                                   "proxyNamespace": "envoy-gateway-system"}}
+
+
+def render_gw(overrides: dict[str, Any]) -> Rendered:
+    # A copy: render() sets dotted keys inside the objects it is given.
+    return render(STACK, overrides=copy.deepcopy(overrides))
+
+
+def gateway_kinds(r: Rendered) -> list[str]:
+    return sorted(m["kind"] for m in manifests(r) if m["apiVersion"].startswith("gateway.networking.k8s.io/"))
+
+
+def test_ingress_stays_the_default_and_an_explicit_ingress_renders_the_same(one: Rendered) -> None:
+    assert gateway_kinds(one) == [] and len(of_kind(one, "Ingress")) == 1
+    explicit = render_gw({"kubernetes.routing": "ingress"})
+
+    def dump(r: Rendered) -> list[str]:  # registration order varies between renders
+        return sorted(json.dumps(m, sort_keys=True) for m in manifests(r))
+
+    assert dump(explicit) == dump(one)
+
+
+def test_created_gateway_has_an_https_listener_per_tenant_and_a_route_each() -> None:
+    r = render_gw({**CREATED, "tenants": THREE})
+    assert not of_kind(r, "Ingress")
+    (gw,) = of_kind(r, "Gateway")
+    assert gw["apiVersion"] == "gateway.networking.k8s.io/v1"
+    assert gw["metadata"]["name"] == "openhands-k8s" and gw["metadata"]["namespace"] == GATEWAY_NS
+    # cert-manager's gateway-shim: the same annotation as on an Ingress, one certificate per listener.
+    assert gw["metadata"]["annotations"] == {"cert-manager.io/cluster-issuer": "letsencrypt-prod"}
+    assert gw["spec"]["gatewayClassName"] == "eg"
+    listeners = {x["name"]: x for x in gw["spec"]["listeners"]}
+    assert sorted(listeners) == THREE
+    routes = {tenant_of(m): m for m in of_kind(r, "HTTPRoute")}
+    assert sorted(routes) == THREE
+    services = by_name(r, "Service")
+    for t in THREE:
+        host = f"{t}.agents.example.com"
+        assert listeners[t] == {
+            "name": t, "hostname": host, "port": 443, "protocol": "HTTPS",
+            "tls": {"mode": "Terminate", "certificateRefs": [{"kind": "Secret", "name": f"openhands-k8s-{t}-tls"}]},
+            "allowedRoutes": {"namespaces": {"from": "Selector", "selector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "openhands-k8s"}}}, "kinds": [{"kind": "HTTPRoute"}]},
+        }
+        route = routes[t]
+        assert route["metadata"]["name"] == f"openhands-k8s-{t}"
+        assert route["metadata"]["namespace"] == "openhands-k8s"
+        spec = route["spec"]
+        # Attached to its own listener only, on the same host the Ingress would use.
+        assert spec["parentRefs"] == [{"name": "openhands-k8s", "namespace": GATEWAY_NS, "sectionName": t}]
+        assert spec["hostnames"] == [host]
+        (rule,) = spec["rules"]
+        assert rule["matches"] == [{"path": {"type": "PathPrefix", "value": "/"}}]
+        (backend,) = rule["backendRefs"]
+        svc = services[backend["name"]]
+        assert tenant_of(svc) == t and backend["port"] == svc["spec"]["ports"][0]["port"] == contract.PORT
+        assert rule["timeouts"] == {"request": "3600s"}  # WebSockets, as the Ingress annotations
+    assert r.outputs["url"] == {t: f"https://{t}.agents.example.com" for t in THREE}
+    # The Gateway and each route are children of the model's components, created in order.
+    (gw_res,) = r.of_type("kubernetes:gateway.networking.k8s.io/v1:Gateway")
+    assert gw_res.parent.endswith("KubernetesDeployment::kubernetes")
+    for route_res in r.of_type("kubernetes:gateway.networking.k8s.io/v1:HTTPRoute"):
+        assert route_res.parent.endswith(f"AgentServer::{route_res.name.removesuffix('-route')}")
+        assert gw_res.urn in route_res.dependencies
+
+
+def test_network_policy_admits_the_gateway_namespace_or_its_proxy_namespace() -> None:
+    for overrides, source in ((CREATED, GATEWAY_NS), (EXISTING, "envoy-gateway-system"),
+                              ({**EXISTING, "kubernetes.gateway.proxyNamespace": None}, "infra")):
+        (policy,) = of_kind(render_gw(overrides), "NetworkPolicy")
+        (rule,) = policy["spec"]["ingress"]
+        assert rule["from"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": source}}}]
+        assert rule["ports"] == [{"protocol": "TCP", "port": contract.PORT}]
+
+
+def test_existing_gateway_gets_routes_only_and_needs_no_tls() -> None:
+    r = render_gw({**EXISTING, "tenants": ["alpha", "bravo"]})
+    assert gateway_kinds(r) == ["HTTPRoute", "HTTPRoute"]
+    for route in of_kind(r, "HTTPRoute"):
+        assert route["spec"]["parentRefs"] == [{"name": "shared", "namespace": "infra", "sectionName": "https"}]
+    no_section = render_gw({**EXISTING, "kubernetes.gateway.sectionName": None})
+    assert of_kind(no_section, "HTTPRoute")[0]["spec"]["parentRefs"] == [{"name": "shared", "namespace": "infra"}]
+
+
+def test_created_gateway_tls_from_an_issuer_or_an_existing_secret() -> None:
+    issuer = render_gw({**CREATED, "kubernetes.tls": {"issuer": "letsencrypt"}})
+    (gw,) = of_kind(issuer, "Gateway")
+    assert gw["metadata"]["annotations"] == {"cert-manager.io/issuer": "letsencrypt"}
+    wildcard = render_gw({**CREATED, "kubernetes.tls": {"secretName": "wildcard-tls"},
+                                        "kubernetes.gateway.name": "agents", "tenants": THREE})
+    (gw,) = of_kind(wildcard, "Gateway")
+    assert "annotations" not in gw["metadata"] and gw["metadata"]["name"] == "agents"
+    refs = {x["tls"]["certificateRefs"][0]["name"] for x in gw["spec"]["listeners"]}
+    assert refs == {"wildcard-tls"}
+    assert {m["spec"]["parentRefs"][0]["name"] for m in of_kind(wildcard, "HTTPRoute")} == {"agents"}
+
+
+def test_created_gateway_in_the_tenants_namespace_waits_for_it() -> None:
+    r = render_gw({**CREATED, "kubernetes.gateway.namespace": "openhands-k8s",
+                                 "kubernetes.gateway.proxyNamespace": "envoy-gateway-system"})
+    (gw_res,) = r.of_type("kubernetes:gateway.networking.k8s.io/v1:Gateway")
+    (ns_res,) = r.of_type("kubernetes:core/v1:Namespace")
+    assert gw_res.inputs["metadata"]["namespace"] == "openhands-k8s" and ns_res.urn in gw_res.dependencies
+
+
+@pytest.mark.parametrize("version", SUPPORTED_VERSIONS)
+@pytest.mark.parametrize("overrides", [CREATED, EXISTING], ids=["created", "existing"])
+def test_gateway_variants_built_in_objects_pass_kubernetes_validate_strict(overrides: dict[str, Any],
+                                                                          version: str) -> None:
+    """The Gateway API objects are custom resources (no schema here): tests/test_kube_real.py has the
+    API server validate them against the CRDs."""
+    for m in manifests(render_gw(overrides)):
+        if m["apiVersion"].startswith("gateway.networking.k8s.io/"):
+            continue
+        kubernetes_validate.validate(m, version, strict=True)
+
+
+@pytest.mark.parametrize("overrides", [CREATED, EXISTING], ids=["created", "existing"])
+def test_gateway_stacks_pass_the_policy_pack(overrides: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from components import check
+
+    argv = ["-s", STACK, "--json"]
+    for key, value in overrides.items():
+        argv += ["--set", f"{key}=" + ("" if value is None else json.dumps(value))]
+    assert check.main(argv) == 0, capsys.readouterr()
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] and report["summary"]["mandatoryViolations"] == 0, report
+    assert {p["name"]: p["violations"] for p in report["policies"]}["ingress-tls"] == 0
+    assert "no schema for Gateway" in report["validators"]["kubernetes-validate"] or "HTTPRoute" in \
+        report["validators"]["kubernetes-validate"]
+
+
+GATEWAY_BAD = {
+    "ingress key with gateway routing": (
+        {**CREATED, "kubernetes.ingressClass": "nginx"},
+        "openhands:kubernetes.ingressClass: is for routing: ingress"),
+    "ingress annotations with gateway routing": (
+        {**CREATED, "kubernetes.ingressAnnotations": {"a/b": "c"}},
+        "openhands:kubernetes.ingressAnnotations: is for routing: ingress"),
+    "gateway routing without a gateway": (TO_GATEWAY, "openhands:kubernetes.gateway: is required with routing"),
+    "gateway with ingress routing": (
+        {"kubernetes.gateway": {"name": "x", "namespace": "infra"}},
+        "openhands:kubernetes.gateway: is for routing: gateway"),
+    "existing gateway without a name": (
+        {**EXISTING, "kubernetes.gateway.name": None}, "openhands:kubernetes.gateway.name: is required"),
+    "created gateway without a class": (
+        {**CREATED, "kubernetes.gateway.className": None},
+        "openhands:kubernetes.gateway.className: is required with create: true"),
+    "class of an existing gateway": (
+        {**EXISTING, "kubernetes.gateway.className": "eg"}, "openhands:kubernetes.gateway.className: is only for"),
+    "section of a created gateway": (
+        {**CREATED, "kubernetes.gateway.sectionName": "https"},
+        "openhands:kubernetes.gateway.sectionName: is only for an existing Gateway"),
+    "tls with an existing gateway": (
+        {**EXISTING, "kubernetes.tls": {"clusterIssuer": "x"}}, "openhands:kubernetes.tls: is not used"),
+    "created gateway without tls": ({**CREATED, "kubernetes.tls": None}, "openhands:kubernetes.tls: is required"),
+    "gateway namespace without a namespace": (
+        {**TO_GATEWAY, "kubernetes.gateway": {"name": "x"}}, "openhands:kubernetes.gateway.namespace: is required"),
+    "proxies in the tenants' namespace": (
+        {**CREATED, "kubernetes.gateway.namespace": "openhands-k8s"},
+        "openhands:kubernetes.gateway.namespace: 'openhands-k8s' is the tenants' namespace"),
+    "proxy namespace is the tenants'": (
+        {**EXISTING, "kubernetes.namespace": "agents", "kubernetes.gateway.proxyNamespace": "agents"},
+        "openhands:kubernetes.gateway.proxyNamespace: 'agents' is the tenants' namespace"),
+    "more tenants than listeners": (
+        {**CREATED, "tenants": [f"t{i}" for i in range(65)]},
+        "openhands:kubernetes.gateway.create: a created Gateway has one HTTPS listener per tenant"),
+}
+
+
+@pytest.mark.parametrize("case", list(GATEWAY_BAD))
+def test_bad_gateway_config_is_one_config_error_naming_the_key(case: str) -> None:
+    from components import render as render_mod
+
+    overrides, message = GATEWAY_BAD[case]
+    with pytest.raises(ConfigError) as exc:
+        render_gw(overrides)
+    problems = [ln for ln in str(exc.value).splitlines() if ln.startswith("  - ")]
+    assert len(problems) == 1 and message in problems[0], str(exc.value)
+    assert not [x for x in render_mod.last_resources if x.type.startswith("kubernetes:")]
