@@ -131,22 +131,6 @@ def test_commands_other_than_up_and_preview_never_create_a_stack(engine_project)
     assert json.loads(engine_project.pulumi("stack", "ls", "--json").stdout) == []
 
 
-def test_rotate_raises_keys_rotation_by_one_then_runs_up(engine_project) -> None:
-    first = engine_project.openhands("up")  # creates the stack; stops at the Docker plugin here
-    assert first.returncode == 1 and "created stack 'local'" in first.stdout
-    for expected in (1, 2):
-        proc = engine_project.openhands("rotate", "-s", "local")
-        assert f"keys.rotation: {expected - 1} -> {expected} (in Pulumi.local.yaml)" in proc.stdout
-        # ... then `up` runs the program and stops at the Docker provider (no plugin here).
-        assert proc.returncode == 1
-        assert_one_clear_message(proc, "error: up of stack 'local' failed:", "pulumi-resource-docker")
-        got = engine_project.pulumi("config", "get", "--path", "openhands:keys.rotation", "--stack", "local")
-        assert got.stdout.strip() == str(expected)
-    rotated = engine_project.stack_file("local").read_text()
-    assert yaml.safe_load(rotated)["config"]["openhands:keys"] == {"rotation": 2}
-    assert "encryptionsalt" not in rotated  # the only change is the counter
-
-
 SEEDED = {
     "model": "docker",
     "url": {"default": "https://default.localhost:8443", "bob": "https://bob.localhost:8443"},
@@ -241,21 +225,18 @@ def test_down_keeps_data_saves_the_keys_and_empties_the_state(engine_project) ->
     assert engine_project.stack_file("local").read_bytes() == tracked
 
 
-def test_down_delete_data_needs_confirmation(engine_project) -> None:
+def test_down_delete_data_of_a_stack_with_nothing_deployed_deploys_nothing(engine_project) -> None:
+    """`--delete-data` is an up without the retain flags, then a destroy: on a stack with only outputs (or
+    after a `down`) that up would deploy every tenant first. It says so and changes nothing instead.
+    (The confirmation of a real deletion: tests/test_kube_up.py.)"""
     seed(engine_project, "local", SEEDED)
-    proc = engine_project.openhands("down", "--delete-data", input="")
-    assert proc.returncode == 2
-    assert proc.stderr == "error: --delete-data deletes every tenant's data for good: confirm with --yes\n"
-    assert engine_project.resources("local") != []  # nothing was changed
-
     tracked = engine_project.stack_file("local").read_bytes()
-    confirmed = engine_project.openhands("down", "--delete-data", "--yes")
-    # First an `up` with retainData false for this run only; it stops at the Docker plugin here.
-    assert confirmed.returncode == 1
-    assert_one_clear_message(confirmed, "error: up of stack 'local' failed:", "pulumi-resource-docker")
-    generated = yaml.safe_load((engine_project.dir / ".openhands-deploy" / "config" / "Pulumi.local.yaml").read_text())
-    assert generated["config"]["openhands:retainData"] is False
+    proc = engine_project.openhands("down", "--delete-data", input="")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "stack 'local' has nothing deployed, so nothing was deleted." in proc.stdout
+    assert "`uv run openhands up -s local` re-attaches them" in proc.stdout
     assert engine_project.stack_file("local").read_bytes() == tracked
+    assert "up of stack" not in proc.stdout
 
 
 def test_down_refuses_a_stack_whose_config_deletes_data(engine_project) -> None:
@@ -405,9 +386,9 @@ def test_teardown_commands_run_as_written(engine_project) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     assert "its data volumes are kept" in down.stdout
     assert engine_project.resources("local") == []
-    delete = run_as_written(engine_project, commands[1])  # no terminal to confirm on
-    assert delete.returncode == 2
-    assert delete.stderr.endswith("error: --delete-data deletes every tenant's data for good: confirm with --yes\n")
+    delete = run_as_written(engine_project, commands[1])  # the stack is down already: nothing to delete
+    assert delete.returncode == 0, delete.stdout + delete.stderr
+    assert "stack 'local' has nothing deployed, so nothing was deleted." in delete.stdout
 
 
 # --------------------------------------------------------------------------- scripts/engine, offline paths
