@@ -1,8 +1,11 @@
 """A test-only applier: sends what ``render("k8s", ...)`` registers to a real API server.
 
-This is NOT ``pulumi up``: the real engine and the kubernetes plugin cannot be built here (the
-Go module proxy refuses the provider modules). It stands in for them, reproducing the
-pulumi-kubernetes v4 behaviours the tests depend on (read from its sources,
+This is NOT ``pulumi up``. The real engine and pulumi-kubernetes 4.25.0 now run here
+(scripts/engine), and the user's path goes through them (tests/test_kube_up.py). This replay
+remains only for what those runs do not reach cheaply (tests/test_kube_real.py: many config
+variants against admission and validation in seconds, two stacks' field managers in one
+namespace, the claim resize procedure, the Gateway API resources without a controller). It
+reproduces the pulumi-kubernetes v4 behaviours those tests depend on (read from its sources,
 provider/pkg/await/*.go and provider/pkg/provider/diff.go; facts, not code):
 
 - **Server-side apply.** Create and update are one ``PATCH`` with
