@@ -75,7 +75,7 @@ def websocket_annotations() -> dict[str, str]:
     """Timeouts for the common ingress controllers; each reads only its own prefix.
 
     Traefik has no per-Ingress timeout: it passes WebSockets through and its limits are
-    entrypoint settings (see the README section)."""
+    entrypoint settings (see docs/kubernetes.md)."""
     t = WEBSOCKET_TIMEOUT_SECONDS
     return {
         "nginx.ingress.kubernetes.io/proxy-read-timeout": str(t),
@@ -413,7 +413,7 @@ class AgentServer(pulumi.ComponentResource):
                     # The claim template is immutable on a live StatefulSet, and the provider
                     # would REPLACE the StatefulSet for a change there (with retainData false
                     # that deletes the claim: the tenant's data). A storageSize change applies
-                    # to new tenants; an existing claim is resized in place (README procedure).
+                    # to new tenants; an existing claim is resized in place (docs/kubernetes.md procedure).
                     ignore_changes=["spec.volumeClaimTemplates"],
                 )
             ),
@@ -583,7 +583,7 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
         pulumi.log.warn(
             f"kubernetes.renderTo: manifests go to {settings.render_to}; the keys Secrets ({secrets}) are not "
             "written there (they would be plaintext). Create them from your secret store with the keys in the "
-            "secret outputs (see the README's Kubernetes section)."
+            "secret outputs (see docs/kubernetes.md, renderTo)."
         )
     return Deployment(
         resource=deployment,

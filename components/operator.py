@@ -595,7 +595,7 @@ def _deployed(session: Session) -> bool:
 
 
 def _save_secret_keys(session: Session) -> Path | None:
-    """Kept volumes outlive the generated keys: save the ones that decrypt them (see README, Teardown)."""
+    """Kept volumes outlive the generated keys: save the ones that decrypt them (see docs/teardown.md)."""
     outputs = outputs_of(session)
     keys = outputs.get("secretKeys")
     if not keys:
@@ -711,7 +711,7 @@ def run_preflight(project: Path, stack: str, out: TextIO, *, strict: bool, exe: 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="openhands", description="Deploy and operate the OpenHands agent server (Pulumi Automation API).",
-        epilog="The backend, passphrase and stack are set up on first use; see README.md.",
+        epilog="The backend, passphrase and stack are set up on first use; see README.md and docs/operator.md.",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     common = argparse.ArgumentParser(add_help=False)

@@ -47,7 +47,7 @@ def unavailable(reason: str) -> None:
 
 
 def engine() -> docker.DockerClient:
-    """A client speaking the README's minimum Engine API (1.41) to whatever engine answers, so
+    """A client speaking the documented minimum Engine API (docs/local.md) (1.41) to whatever engine answers, so
     the tests prove the stack works on Docker 20.10 even on a newer engine."""
     try:
         negotiated = docker.from_env(version="auto", timeout=300)
@@ -177,7 +177,7 @@ class Deployment:
         return f"{self.prefix}-proxy"
 
     def fetch_ca(self, dest: Path, timeout: float = 30) -> Path:
-        """Caddy's internal root, copied out of the proxy (what the README tells users to do)."""
+        """Caddy's internal root, copied out of the proxy (what the README's Connect section tells users to do)."""
         path = f"{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt"
         deadline = time.monotonic() + timeout
         while True:

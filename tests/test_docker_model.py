@@ -40,8 +40,8 @@ def proxy(rendered: Rendered):
     return rendered.one(CONTAINER, "docker-proxy-caddy")
 
 
-def test_nothing_rendered_needs_a_newer_engine_api_than_the_readme_states(three: Rendered):
-    readme = (ROOT / "README.md").read_text()
+def test_nothing_rendered_needs_a_newer_engine_api_than_the_docs_state(three: Rendered):
+    readme = (ROOT / "docs" / "local.md").read_text()
     stated = re.search(r"Docker Engine >= 20\.10 \(API (\d+\.\d+)\)", readme)
     assert stated and stated.group(1) == DOCKER_MIN_API == "1.41"
     for c in three.of_type(CONTAINER):

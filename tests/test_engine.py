@@ -339,13 +339,13 @@ def test_quickstart_main_command_runs_as_written(engine_project) -> None:
                              "no resource plugin 'pulumi-resource-docker' found")
 
 
-# --------------------------------------------------------------------------- the README's operator commands
+# --------------------------------------------------------------------------- the docs' operator commands
 
 
 def section_commands(title: str) -> list[str]:
-    """Every command of the ```bash blocks in README section `## <title>`."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    """Every command of the ```bash blocks of the docs page whose title is `# <title>`, up to its next section."""
+    (page,) = [p for p in (ROOT / "docs").glob("*.md") if p.read_text().startswith(f"# {title}\n")]
+    section = page.read_text().split("\n## ", 1)[0]
     lines = [ln.split("#", 1)[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
              for ln in block.splitlines()]
     return [ln for ln in lines if ln]

@@ -207,7 +207,7 @@ def test_two_stacks_in_one_namespace_never_touch_each_others_objects(kube: Kube)
 
 
 def test_storage_resize_procedure_is_accepted_by_the_api_server(kube: Kube) -> None:
-    """The README procedure: grow the claim itself (its StorageClass must allow expansion),
+    """The documented procedure (docs/kubernetes.md): grow the claim itself (its StorageClass must allow expansion),
     then set storageSize for new tenants. The API server accepts the claim's new size; the
     actual expansion is the CSI driver's job, which this cluster does not have."""
     expandable = "openhands-test-expandable"

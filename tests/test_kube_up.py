@@ -110,7 +110,7 @@ class Deployed:
         return self.get("/api/v1", f"pods/{self.names(tenant)['workload']}-0")
 
     def objects(self, tenant: str) -> dict[str, dict[str, Any] | None]:
-        """Every object the README names for the tenant, as the API server has it."""
+        """Every object docs/kubernetes.md names for the tenant, as the API server has it."""
         n = self.names(tenant)
         return {
             "StatefulSet": self.sts(tenant),
@@ -194,7 +194,7 @@ def test_up_preview_rotate_down_and_up_again_through_the_real_provider(deploy) -
     assert set(created) == {"create"}, created
     for tenant in TENANTS:
         missing = [kind for kind, obj in d.objects(tenant).items() if obj is None]
-        assert not missing, f"{tenant}: not on the API server under the README's names: {missing}"
+        assert not missing, f"{tenant}: not on the API server under the documented names: {missing}"
         status = d.sts(tenant)["status"]
         assert status.get("readyReplicas") == 1 and status["currentRevision"] == status["updateRevision"]
         assert d.claim(tenant)["status"]["phase"] == "Bound"

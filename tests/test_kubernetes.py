@@ -30,7 +30,7 @@ from tests.kube_apply import whole_numbers
 
 STACK = "k8s"
 THREE = ["alpha", "bravo", "charlie"]
-# The range we claim (README): the oldest and newest schemas kubernetes-validate ships.
+# The range we claim (docs/kubernetes.md): the oldest and newest schemas kubernetes-validate ships.
 SUPPORTED_VERSIONS = SUPPORTED_K8S_VERSIONS
 
 
