@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import shutil
 import stat
 import subprocess
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from components import contract
+from tests.docs_commands import run_as_written, section_commands
 
 pytest_plugins = ["tests.real_engine"]
 
@@ -340,42 +340,7 @@ def test_quickstart_main_command_runs_as_written(engine_project) -> None:
 
 
 # --------------------------------------------------------------------------- the docs' operator commands
-
-
-def section_commands(title: str) -> list[str]:
-    """Every command of the ```bash blocks of the docs page whose title is `# <title>`, up to its next section."""
-    (page,) = [p for p in (ROOT / "docs").glob("*.md") if p.read_text().startswith(f"# {title}\n")]
-    section = page.read_text().split("\n## ", 1)[0]
-    lines = [ln.split("#", 1)[0].strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)
-             for ln in block.splitlines()]
-    return [ln for ln in lines if ln]
-
-
-def run_as_written(project, command: str) -> subprocess.CompletedProcess:
-    command = command.replace("<stack>", "local").replace(" N ", " 2 ")
-    operator = command.startswith("uv run openhands")
-    # Plain `pulumi` works on the operator's backend with the two exports docs/operator.md gives.
-    return subprocess.run(command, shell=True, cwd=ROOT if operator else project.dir,
-                          env=project.env if operator else project.cli_env, capture_output=True, text=True,
-                          timeout=600)
-
-
-def test_key_rotation_commands_run_as_written(engine_project) -> None:
-    commands = section_commands("Key rotation")
-    assert commands == ["uv run openhands rotate -s <stack>", "pulumi config set --path keys.rotation N -s <stack>",
-                        "pulumi up -s <stack>"]
-    assert engine_project.openhands("up").returncode == 1  # the stack exists (and stops at the Docker plugin)
-    rotate = run_as_written(engine_project, commands[0])
-    assert "keys.rotation: 0 -> 1" in rotate.stdout
-    assert rotate.returncode == 1 and "pulumi-resource-docker" in rotate.stderr  # no Docker plugin here
-    assert run_as_written(engine_project, commands[1]).returncode == 0
-    got = engine_project.pulumi("config", "get", "--path", "keys.rotation", "--stack", "local").stdout.strip()
-    assert got == "2"
-    # Plain `pulumi up` runs the program through the Python language host, which cannot be built here.
-    # (It asks for confirmation on a terminal and refuses without one: give it a terminal.)
-    up = run_as_written(engine_project, f"script -qec {shlex.quote(commands[2])} /dev/null")
-    assert up.returncode != 0
-    assert "no language plugin 'pulumi-language-python' found" in up.stdout + up.stderr
+# (docs/rotation.md runs to the end on the k8s stack: tests/test_kube_up.py)
 
 
 def test_teardown_commands_run_as_written(engine_project) -> None:

@@ -30,6 +30,7 @@ import yaml
 from components import contract
 from components import kubernetes as k8s_model
 from components.config import parse
+from tests.docs_commands import run_as_written, section_commands
 from tests.ingress_status import IngressStatus
 from tests.real_engine import EngineProject, unavailable
 
@@ -385,3 +386,27 @@ def test_rotate_raises_keys_rotation_by_one_then_runs_up_to_the_end(deploy) -> N
     rotated = d.project.stack_file(STACK).read_text()
     assert yaml.safe_load(rotated)["config"]["openhands:keys"] == {"rotation": 2}
     assert "encryptionsalt" not in rotated  # the only change is the counter
+
+
+def test_key_rotation_commands_run_as_written(deploy) -> None:
+    """docs/rotation.md's commands on a deployed k8s stack: `rotate` runs to the end; plain `pulumi up`
+    needs the Python language host, which the proxy refuses (users have it with the CLI)."""
+    import shlex
+
+    commands = section_commands("Key rotation")
+    assert commands == ["uv run openhands rotate -s <stack>", "pulumi config set --path keys.rotation N -s <stack>",
+                        "pulumi up -s <stack>"]
+    d = deploy(STACK, ["alpha"])
+    ok(d.run("up"))
+    before = secret_value(d, "alpha", SESSION.format(0))
+    rotate = run_as_written(d.project, commands[0], STACK)
+    assert "keys.rotation: 0 -> 1" in ok(rotate)
+    assert secret_value(d, "alpha", SESSION.format(0)) != before
+    assert secret_value(d, "alpha", SESSION.format(1)) == before
+    assert run_as_written(d.project, commands[1], STACK).returncode == 0
+    got = d.project.pulumi("config", "get", "--path", "keys.rotation", "--stack", STACK).stdout.strip()
+    assert got == "2"
+    # (It asks for confirmation on a terminal and refuses without one: give it a terminal.)
+    up = run_as_written(d.project, f"script -qec {shlex.quote(commands[2])} /dev/null", STACK)
+    assert up.returncode != 0
+    assert "no language plugin 'pulumi-language-python' found" in up.stdout + up.stderr
