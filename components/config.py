@@ -638,6 +638,32 @@ class Egress(Settings):
         return sorted(self.allow_cidrs) != sorted(WORLD) or bool(self.except_cidrs)
 
 
+_LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
+
+
+class Toleration(Settings):
+    """A pod toleration (Kubernetes' own fields): lets the tenants' pods onto tainted nodes."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Toleration:
+        if self.key is not None and not _LABEL_KEY.match(self.key):
+            raise ValueError(f"key {self.key!r} is not a valid taint key ([prefix/]name, e.g. dedicated)")
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value (it matches any value of the key)")
+        if self.key is None and self.operator != "Exists":
+            raise ValueError("a toleration without a key needs operator Exists (it then tolerates every taint)")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError("tolerationSeconds applies to effect NoExecute only")
+        return self
+
+
 # Gateway API: a Gateway holds at most 64 listeners (the CRD's maxItems), and a created Gateway
 # has one HTTPS listener per tenant.
 GATEWAY_MAX_LISTENERS = 64
@@ -729,6 +755,9 @@ class KubernetesSettings(Settings):
     access_mode: Literal["ReadWriteOnce", "ReadWriteOncePod"] = "ReadWriteOnce"
     scratch_size: str = Field("4Gi", pattern=_K8S_QUANTITY)
     egress: Egress = Egress()
+    # Where the tenants' pods run: a dedicated node pool, say (labels to match, taints to tolerate).
+    node_selector: dict[str, str] = {}
+    tolerations: list[Toleration] = []
 
     @field_validator("ingress_annotations")
     @classmethod
@@ -780,6 +809,17 @@ class KubernetesSettings(Settings):
                 "is not used with an existing Gateway (gateway.create: false): its listeners hold the "
                 "certificates; remove it, or set gateway.create: true"
             )
+        return value
+
+    @field_validator("node_selector")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _LABEL_KEY.match(key):
+                raise ValueError(f"{key!r} is not a valid label key ([prefix/]name, e.g. openhands.dev/pool)")
+            if not _LABEL_VALUE.match(val):
+                raise ValueError(f"{key}: {val!r} is not a valid label value (up to 63 letters, digits, '-', '_', "
+                                 "'.', starting and ending with a letter or digit)")
         return value
 
     @field_validator("render_to")

@@ -386,6 +386,9 @@ class AgentServer(pulumi.ComponentResource):
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                        **({"nodeSelector": dict(settings.node_selector)} if settings.node_selector else {}),
+                        **({"tolerations": [t.model_dump(by_alias=True, exclude_none=True)
+                                            for t in settings.tolerations]} if settings.tolerations else {}),
                         "securityContext": {
                             "runAsNonRoot": True,
                             "runAsUser": contract.UID,

@@ -374,6 +374,10 @@ BAD = {
     "name prefix not a label": ({"kubernetes.namePrefix": "Prod_1"}, "openhands:kubernetes.namePrefix"),
     "renderTo blank": ({"kubernetes.renderTo": "  "}, "renderTo is a directory path"),
     "renderTo is a file": ({"kubernetes.renderTo": "Pulumi.yaml"}, "exists and is not a directory"),
+    "toleration without a key": ({"kubernetes.tolerations": [{"value": "x"}]}, "needs operator Exists"),
+    "toleration Exists with a value": ({"kubernetes.tolerations": [{"key": "a", "operator": "Exists", "value": "v"}]},
+                                       "takes no value"),
+    "nodeSelector bad key": ({"kubernetes.nodeSelector": {"bad key!": "x"}}, "not a valid label key"),
     "renderTo with a context": ({"kubernetes.renderTo": "out", "kubernetes.context": "prod"},
                                 "renderTo writes manifests without contacting a cluster"),
     "no kubernetes object": ({"kubernetes": None}, "needs the 'kubernetes' object"),
@@ -759,3 +763,18 @@ def test_bad_gateway_config_is_one_config_error_naming_the_key(case: str) -> Non
     problems = [ln for ln in str(exc.value).splitlines() if ln.startswith("  - ")]
     assert len(problems) == 1 and message in problems[0], str(exc.value)
     assert not [x for x in render_mod.last_resources if x.type.startswith("kubernetes:")]
+
+
+def test_node_selector_and_tolerations_place_every_tenants_pod() -> None:
+    """A dedicated node pool: each pod template gets the labels to match and the taints to tolerate;
+    without the settings the pod spec has neither (existing stacks render as before)."""
+    r = render(STACK, overrides={"tenants": THREE, "kubernetes.nodeSelector": {"pool": "agents"},
+                                 "kubernetes.tolerations": [{"key": "dedicated", "value": "agents",
+                                                             "effect": "NoSchedule"}]})
+    for sts in of_kind(r, "StatefulSet"):
+        spec = sts["spec"]["template"]["spec"]
+        assert spec["nodeSelector"] == {"pool": "agents"}
+        assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "agents",
+                                        "effect": "NoSchedule"}]
+    for sts in of_kind(render(STACK, overrides={"tenants": THREE}), "StatefulSet"):
+        assert not {"nodeSelector", "tolerations"} & set(sts["spec"]["template"]["spec"])
