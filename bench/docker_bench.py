@@ -103,6 +103,7 @@ def compose_file(rendered: Rendered, workdir: Path) -> dict[str, Any]:
         if hc:
             svc["healthcheck"] = {"test": hc["tests"], "interval": hc["interval"], "timeout": hc["timeout"],
                                   "retries": int(hc["retries"]), "start_period": hc["startPeriod"]}
+        if c.name.endswith("-agent-server"):  # the proxy has a healthcheck too, and waits for these
             agent_services.append(c.name)
         services[c.name] = svc
     for name, svc in services.items():

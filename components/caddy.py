@@ -16,6 +16,18 @@ CERT_PATH = "/etc/caddy/tls/cert.pem"
 KEY_PATH = "/etc/caddy/tls/key.pem"
 DATA_DIR = "/data"  # the official image's XDG_DATA_HOME: certificates, ACME account, internal CA
 
+# Caddy's admin API listens on a unix socket inside the container only (never on TCP, so no
+# tenant on a shared network can reach it): the healthcheck's only way in. The image holds the
+# caddy binary and nothing else (no shell, no curl or wget in Debian's build), so the check is
+# caddy itself: ``caddy reload`` of the file Caddy runs, which the admin API answers with
+# "config is unchanged" (no reload) while Caddy is up, and which fails when it is not.
+ADMIN_SOCKET = "/tmp/caddy-admin.sock"
+HEALTHCHECK_COMMAND: tuple[str, ...] = (
+    "CMD", "caddy", "reload", "--config", CONFIG_PATH, "--adapter", "caddyfile", "--address", f"unix/{ADMIN_SOCKET}",
+)
+# Caddy listens within a second; certificates are obtained in the background and do not gate it.
+HEALTHCHECK_START_PERIOD_SECONDS = 30
+
 
 # Browsers cannot set headers on a WebSocket, so they authenticate with ?session_api_key=
 # in the URL; other clients send the X-Session-API-Key header. Neither may reach a log:
@@ -50,11 +62,14 @@ def caddyfile(
     acme_email: str | None = None,
     cert_path: str = CERT_PATH,
     key_path: str = KEY_PATH,
+    admin_socket: str | None = ADMIN_SOCKET,
 ) -> str:
-    """Render a Caddyfile. ``sites`` maps a public host name to its upstream ``host:port``."""
+    """Render a Caddyfile. ``sites`` maps a public host name to its upstream ``host:port``.
+    ``admin_socket``: where the admin API listens (a unix socket, for the healthcheck); None: off."""
     if tls == "acme" and not acme_email:
         raise ValueError("ACME needs an email address")
-    glob = [f"\thttp_port {http_port}", f"\thttps_port {https_port}", "\tadmin off"]
+    admin = f"admin unix/{admin_socket}" if admin_socket else "admin off"
+    glob = [f"\thttp_port {http_port}", f"\thttps_port {https_port}", f"\t{admin}"]
     if tls == "acme":
         glob.append(f"\temail {acme_email}")
     if tls == "internal":

@@ -53,6 +53,22 @@ def healthcheck() -> docker.ContainerHealthcheckArgs:
     )
 
 
+def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
+    """Caddy's own check (components/caddy.py: its admin API over a unix socket, asked by the caddy
+    binary, the only program in the image), on the contract's interval, timeout and retries.
+
+    A signal (``docker ps``, ``docker inspect``), not a cure: the engine restarts a container
+    whose process exits (``unless-stopped``), never one that is merely unhealthy. No
+    ``start_interval``: API 1.41 drops it (tests/test_docker_real.py)."""
+    return docker.ContainerHealthcheckArgs(
+        tests=list(caddy.HEALTHCHECK_COMMAND),
+        interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
+        timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
+        retries=contract.HEALTHCHECK_RETRIES,
+        start_period=f"{caddy.HEALTHCHECK_START_PERIOD_SECONDS}s",
+    )
+
+
 def upstream(tenant: str) -> str:
     """The proxy's upstream for a tenant: its network alias and the contract's port."""
     return f"agent-{tenant}:{contract.PORT}"
@@ -222,6 +238,7 @@ class TlsProxy(pulumi.ComponentResource):
             volumes=[docker.ContainerVolumeArgs(volume_name=self.data.name, container_path=caddy.DATA_DIR)],
             # On every tenant's network (and only there): the upstreams are the tenants' aliases.
             networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks[t].name) for t in tenants],
+            healthcheck=proxy_healthcheck(),
             restart="unless-stopped",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["NET_BIND_SERVICE"]),
             security_opts=["no-new-privileges"],

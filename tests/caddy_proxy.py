@@ -1,9 +1,11 @@
 """Run Debian's ``caddy`` with a rendered Caddyfile on loopback, in front of real servers.
 
-The rendered Caddyfile is used as-is except for two mechanical rewrites a container
-network does for us in production: upstream dial addresses (``agent-<t>:8000``) become
-the loopback address of the real server, and in-container file paths (certificates)
-become temp copies. Ports come from the render itself (render with free ports).
+The rendered Caddyfile is used as-is except for mechanical rewrites a container does for
+us in production: upstream dial addresses (``agent-<t>:8000``) become the loopback address
+of the real server, in-container file paths (certificates) become temp copies, and the
+admin API's unix socket (in the container's own /tmp) moves to a directory of this
+instance's, so parallel tests never share one. Ports come from the render itself (render
+with free ports).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import signal
 import socket
 import ssl
 import subprocess
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from components import caddy as _caddy
 
 
 def caddy_binary() -> str:
@@ -54,6 +59,7 @@ class Caddy:
     http_port: int
     https_port: int
     log: Path
+    admin_socket: Path | None = None  # where the rendered admin socket was moved
 
     @property
     def internal_root(self) -> Path:
@@ -83,6 +89,8 @@ class Caddy:
             except subprocess.TimeoutExpired:
                 os.kill(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
+        if self.admin_socket is not None:
+            shutil.rmtree(self.admin_socket.parent, ignore_errors=True)
 
 
 def serve(
@@ -108,6 +116,12 @@ def serve(
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_text(content)
         text = text.replace(path, str(local))
+    admin_socket = None
+    rendered_socket = f"admin unix/{_caddy.ADMIN_SOCKET}"
+    if rendered_socket in text:
+        # A short path of its own: a unix socket path must stay under 108 bytes.
+        admin_socket = Path(tempfile.mkdtemp(prefix="ohcaddy-")) / "admin.sock"
+        text = text.replace(rendered_socket, f"admin unix/{admin_socket}")
     conf = workdir / "Caddyfile"
     conf.write_text(text)
     http_port, https_port = _ports(text)
@@ -123,7 +137,8 @@ def serve(
             [caddy_binary(), "run", "--config", str(conf), "--adapter", "caddyfile"],
             env=env, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    server = Caddy(process=proc, workdir=workdir, http_port=http_port, https_port=https_port, log=log)
+    server = Caddy(process=proc, workdir=workdir, http_port=http_port, https_port=https_port, log=log,
+                   admin_socket=admin_socket)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if proc.poll() is not None:

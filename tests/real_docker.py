@@ -21,7 +21,7 @@ import subprocess
 import tarfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,6 +145,8 @@ class Deployment:
     ca: Path | None = None
     last_steps: list = field(default_factory=list)
     first_steps: list = field(default_factory=list)
+    # Applied to every render before it is applied (a test-only variant, e.g. a size-limited volume).
+    patch: Callable[[Rendered], Rendered] | None = None
 
     @property
     def prefix(self) -> str:
@@ -153,7 +155,8 @@ class Deployment:
     def render(self, **extra: Any) -> Rendered:
         overrides = {"tenants": self.tenants, "docker.httpsPort": self.https_port,
                      "docker.httpPort": self.http_port, **self.overrides, **extra}
-        return render(self.stack, config=load_stack_config("local"), overrides=overrides)
+        rendered = render(self.stack, config=load_stack_config("local"), overrides=overrides)
+        return self.patch(rendered) if self.patch else rendered
 
     def up(self, **extra: Any):
         if self.applier is None:
@@ -171,6 +174,11 @@ class Deployment:
 
     def container(self, tenant: str) -> dict:
         return self.client.api.inspect_container(f"{self.prefix}-{tenant}")
+
+    def server_ip(self, tenant: str) -> str:
+        """The tenant server's address on its own Docker network: the host reaches it over the bridge
+        (nothing is published; tests and benches only)."""
+        return self.container(tenant)["NetworkSettings"]["Networks"][f"{self.prefix}-{tenant}-net"]["IPAddress"]
 
     @property
     def proxy(self) -> str:
@@ -240,3 +248,24 @@ class Deployment:
 def new_deployment(client: docker.DockerClient, tag: str, tenants: list[str], **overrides: Any) -> Deployment:
     return Deployment(client=client, stack=unique_stack(tag), tenants=tenants, https_port=free_port(),
                       http_port=free_port(), overrides=dict(overrides))
+
+
+def load_targets(dep: Deployment, tenants: list[str], via: str, conversations: Mapping[str, str] | None = None):
+    """tests/load_client.py targets for ``tenants``: ``via="proxy"`` through Caddy on loopback (TLS
+    with Caddy's root, SNI and Host the tenant's host), ``via="direct"`` plain HTTP to each server's
+    address on its network."""
+    from tests.load_client import Target
+
+    conversations = conversations or {}
+    if via == "proxy":
+        assert dep.ca is not None
+        ctx = ssl.create_default_context(cafile=str(dep.ca))
+        return [Target(t, "127.0.0.1", dep.https_port, dep.host(t), dep.key(t), ctx, conversations.get(t))
+                for t in tenants]
+    if via == "direct":
+        out = []
+        for t in tenants:
+            ip = dep.server_ip(t)
+            out.append(Target(t, ip, contract.PORT, ip, dep.key(t), None, conversations.get(t)))
+        return out
+    raise ValueError(via)

@@ -7,15 +7,17 @@ The log-scrubbing test runs Debian's real caddy in front of the real agent serve
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from components import contract
+from components import caddy, contract
 from components import render as render_mod
 from components.config import ConfigError
 from components.contract import DOCKER_MIN_API
@@ -168,6 +170,47 @@ def test_caddy_logs_hold_no_session_key(start_agent_server, run_caddy):
     assert "connection refused" in log, log[-2000:]  # the error was logged
     assert key not in log and bob_key not in log
     assert "session_api_key" not in log
+
+
+def test_the_proxy_has_a_healthcheck_its_image_can_run(three: Rendered):
+    """Caddy's image holds the caddy binary and nothing else: the check is caddy itself, asking the
+    admin API on a unix socket of the container (never a TCP port a tenant could reach)."""
+    hc = proxy(three).inputs["healthcheck"]
+    assert hc["tests"] == list(caddy.HEALTHCHECK_COMMAND) and hc["tests"][:2] == ["CMD", "caddy"]
+    assert "startInterval" not in hc  # API 1.41 drops it
+    assert (hc["interval"], hc["timeout"], hc["retries"]) == (f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
+                                                              f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
+                                                              contract.HEALTHCHECK_RETRIES)
+    address = hc["tests"][hc["tests"].index("--address") + 1]
+    assert address == f"unix/{caddy.ADMIN_SOCKET}"
+    admin_lines = [ln.strip() for ln in three.outputs["caddyfile"].splitlines() if ln.strip().startswith("admin")]
+    assert admin_lines == [f"admin {address}"]
+    assert not proxy(three).inputs.get("wait")  # a signal only: `up` does not wait 15 s for it
+
+
+def test_the_proxy_healthcheck_passes_on_a_running_caddy_without_reloading_it(run_caddy):
+    """The rendered command against real caddy running the rendered file: 0 while Caddy is up (the
+    admin API answers "config is unchanged": no reload), non-zero once it is gone."""
+    https_port, http_port = free_port(), free_port()
+    rendered = render("local", overrides={"tenants": ["alice"], "docker.httpsPort": https_port,
+                                          "docker.httpPort": http_port})
+    (upload,) = [u for u in proxy(rendered).inputs["uploads"] if u["file"] == caddy.CONFIG_PATH]
+    run = run_caddy(upload["content"], upstreams={f"agent-alice:{contract.PORT}": f"127.0.0.1:{free_port()}"},
+                    wait_for_cert="alice.localhost")
+    assert run.admin_socket is not None
+    argv = list(proxy(rendered).inputs["healthcheck"]["tests"][1:])
+    argv[argv.index(caddy.CONFIG_PATH)] = str(run.workdir / "Caddyfile")
+    argv[argv.index(f"unix/{caddy.ADMIN_SOCKET}")] = f"unix/{run.admin_socket}"
+    env = {"PATH": os.environ["PATH"], "HOME": str(run.workdir)}
+    for _ in range(2):
+        ok = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+    time.sleep(0.3)
+    log = run.log.read_text(errors="replace")
+    assert log.count("config is unchanged") == 2, log[-3000:]
+    run.stop()
+    gone = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env)
+    assert gone.returncode != 0
 
 
 # ----------------------------------------------------------------- the test applier refuses what it cannot map
