@@ -11,7 +11,8 @@ The floor, per tenant count: the very objects the stack renders (``components.re
 names and specs), applied with ``kubectl apply --server-side`` and waited on with ``kubectl wait``
 for the same readiness (every StatefulSet's ready replica, every Ingress's published address), in a
 namespace of their own. Printed: seconds and the ratios up/floor and preview/floor (goal ≤ 1.5×,
-linear in tenants). The provider's own await settles (Service and Ingress endpoints quiet for 10 s)
+linear in tenants), for each PULUMI_PARALLEL compared (the CLI's own variable; its default is 4 per
+core, 8 here). The provider's own await settles (Service and Ingress endpoints quiet for 10 s)
 are part of `up` and not of the floor: that is the price of its readiness check.
 """
 
@@ -94,7 +95,7 @@ class Bench:
                          "claimRef": {"namespace": ns, "name": claim}}}))
 
     def project(self, n: int, ns: str) -> Path:
-        project = self.work / f"project-{n}"
+        project = self.work / f"project-{n}-{ns}"
         project.mkdir()
         shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
         shutil.copytree(ROOT / "stacks", project / "stacks")
@@ -105,9 +106,12 @@ class Bench:
         path.write_text(yaml.safe_dump(data, sort_keys=False))
         return project
 
-    def operator(self, project: Path, *args: str) -> float:
-        return timed([sys.executable, "-m", "components.operator", *args, "-s", "k8s"], cwd=project,
-                     env={**self.env, "OPENHANDS_PROJECT_DIR": str(project)}, timeout=3600)
+    def operator(self, project: Path, *args: str, parallel: int | None = None) -> float:
+        env = {**self.env, "OPENHANDS_PROJECT_DIR": str(project)}
+        if parallel is not None:
+            env["PULUMI_PARALLEL"] = str(parallel)
+        return timed([sys.executable, "-m", "components.operator", *args, "-s", "k8s"], cwd=project, env=env,
+                     timeout=3600)
 
     def floor(self, n: int) -> float:
         ns = self.namespace(f"floor{n}")
@@ -150,6 +154,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tenants", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--kubeconfig")
+    ap.add_argument("--parallel", type=int, nargs="+", default=[8, 64],
+                    help="PULUMI_PARALLEL values to compare (8: the CLI's default on 2 cores)")
     args = ap.parse_args()
     engine = last_line("bash", str(ROOT / "scripts" / "engine"))
     standin = last_line("bash", str(ROOT / "scripts" / "random-standin"))
@@ -165,27 +171,28 @@ def main() -> None:
     print(f"Kubernetes {version} (kwok node); pulumi {last_line(str(Path(engine) / 'pulumi'), 'version')}, "
           f"pulumi-resource-kubernetes from {engine}; {os.cpu_count()} CPUs; "
           f"{time.strftime('%Y-%m-%d')}")
-    print(f"{'tenants':>7} {'floor s':>8} {'up s':>7} {'up/floor':>8} {'preview s':>9} {'preview/floor':>13} "
-          f"{'2nd preview s':>13}  up per tenant")
+    print(f"{'tenants':>7} {'parallel':>8} {'floor s':>8} {'up s':>7} {'up/floor':>8} {'preview s':>9} "
+          f"{'preview/floor':>13} {'2nd preview s':>13}  up per tenant")
     try:
         for n in args.tenants:
             floor = bench.floor(n)
-            ns = bench.namespace(f"up{n}")
-            project = bench.project(n, ns)
-            r = render("k8s", overrides={"tenants": [f"t{i}" for i in range(n)], "kubernetes.namespace": ns,
-                                         "kubernetes.storageClass": STORAGE_CLASS})
-            bench.volumes_for(ns, list(r.outputs["stateClaims"].values()))
-            publisher = IngressStatus(bench.client, ns)
-            publisher.start()
-            try:
-                preview = bench.operator(project, "preview")
-                up = bench.operator(project, "up")
-                again = bench.operator(project, "preview")
-                bench.operator(project, "down", "--delete-data", "--yes")
-            finally:
-                publisher.stop()
-            print(f"{n:>7} {floor:>8.1f} {up:>7.1f} {up / floor:>8.2f} {preview:>9.1f} {preview / floor:>13.2f} "
-                  f"{again:>13.1f}  {up / n:.2f} s")
+            for parallel in args.parallel:
+                ns = bench.namespace(f"up{n}")
+                project = bench.project(n, ns)
+                r = render("k8s", overrides={"tenants": [f"t{i}" for i in range(n)], "kubernetes.namespace": ns,
+                                             "kubernetes.storageClass": STORAGE_CLASS})
+                bench.volumes_for(ns, list(r.outputs["stateClaims"].values()))
+                publisher = IngressStatus(bench.client, ns)
+                publisher.start()
+                try:
+                    preview = bench.operator(project, "preview", parallel=parallel)
+                    up = bench.operator(project, "up", parallel=parallel)
+                    again = bench.operator(project, "preview", parallel=parallel)
+                    bench.operator(project, "down", "--delete-data", "--yes", parallel=parallel)
+                finally:
+                    publisher.stop()
+                print(f"{n:>7} {parallel:>8} {floor:>8.1f} {up:>7.1f} {up / floor:>8.2f} {preview:>9.1f} "
+                      f"{preview / floor:>13.2f} {again:>13.1f}  {up / n:.2f} s", flush=True)
     finally:
         bench.cleanup()
         shutil.rmtree(work, ignore_errors=True)

@@ -392,7 +392,7 @@ def run_engine(session: Session, op: str, overrides: Mapping[str, Any] | None = 
         validate_config(session, overrides)
     progress = Progress(session.out, preview=op == "preview")
     config_file = _engine(lambda: session.config_file(overrides), "read the stack's secrets provider")
-    kwargs: dict[str, Any] = {"on_event": progress, "color": "never", "parallel": parallelism()}
+    kwargs: dict[str, Any] = {"on_event": progress, "color": "never"}
     if op != "preview":
         # The Automation API ends up/destroy with `pulumi stack history --show-secrets`, which ignores
         # --config-file and writes a new encryptionsalt into the tracked stack file; the summary needs
@@ -412,26 +412,6 @@ def run_engine(session: Session, op: str, overrides: Mapping[str, Any] | None = 
         changes = ", ".join(f"{n} {k}" for k, n in sorted(progress.summary.items())) or "no changes"
         print(f"{op} of stack {session.name!r} done: {changes}", file=session.out)
     return result
-
-
-# Most resource operations wait on a platform (a pod becoming ready, the kubernetes provider's 10 s
-# endpoint settle), not on this machine's CPU; the CLI's default (4 per core, 8 on 2 cores) queued
-# those waits: 50 Kubernetes tenants took 127 s at 8, see docs/performance.md.
-DEFAULT_PARALLEL = 64
-
-
-def parallelism(environ: Mapping[str, str] = os.environ) -> int:
-    """Resource operations run at once: PULUMI_PARALLEL (the CLI's own variable) if set, else 64."""
-    raw = environ.get("PULUMI_PARALLEL", "").strip()
-    if not raw:
-        return DEFAULT_PARALLEL
-    try:
-        value = int(raw)
-    except ValueError:
-        raise OperatorError(f"PULUMI_PARALLEL={raw!r} is not a whole number (operations at once, e.g. 16)") from None
-    if value < 1:
-        raise OperatorError(f"PULUMI_PARALLEL={raw!r}: at least 1 (1 runs one operation at a time)")
-    return value
 
 
 def validate_config(session: Session, overrides: Mapping[str, Any] | None = None) -> None:

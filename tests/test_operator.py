@@ -272,10 +272,3 @@ def test_connect_with_secrets_but_no_key_for_a_tenant() -> None:
     text = operator.connect_text("k8s", {"url": {"a": "https://a.example.com"}, "apiKey": {}}, show_secrets=True)
     assert "API Key: (not in the apiKey output)" in text
 
-
-def test_parallelism_defaults_to_64_and_follows_pulumi_parallel() -> None:
-    assert operator.parallelism({}) == operator.DEFAULT_PARALLEL == 64
-    assert operator.parallelism({"PULUMI_PARALLEL": " 16 "}) == 16
-    for bad, said in (("lots", "is not a whole number"), ("0", "at least 1")):
-        with pytest.raises(operator.OperatorError, match=said):
-            operator.parallelism({"PULUMI_PARALLEL": bad})
