@@ -8,7 +8,7 @@ provisioned EC2 instance over SSH.
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker
@@ -44,13 +44,7 @@ def healthcheck() -> docker.ContainerHealthcheckArgs:
     """The contract's readiness check, run inside the container by the engine.
 
     No ``start_interval`` (API 1.44): the first check runs one interval after start."""
-    return docker.ContainerHealthcheckArgs(
-        tests=list(contract.HEALTHCHECK_COMMAND),
-        interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
-        timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
-        retries=contract.HEALTHCHECK_RETRIES,
-        start_period=f"{contract.STARTUP_BUDGET_SECONDS}s",
-    )
+    return _healthcheck(contract.HEALTHCHECK_COMMAND, contract.STARTUP_BUDGET_SECONDS)
 
 
 def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
@@ -60,12 +54,17 @@ def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
     A signal (``docker ps``, ``docker inspect``), not a cure: the engine restarts a container
     whose process exits (``unless-stopped``), never one that is merely unhealthy. No
     ``start_interval``: API 1.41 drops it (tests/test_docker_real.py)."""
+    return _healthcheck(caddy.HEALTHCHECK_COMMAND, caddy.HEALTHCHECK_START_PERIOD_SECONDS)
+
+
+def _healthcheck(command: Sequence[str], start_period_seconds: int) -> docker.ContainerHealthcheckArgs:
+    """A command on the contract's interval, timeout and retries."""
     return docker.ContainerHealthcheckArgs(
-        tests=list(caddy.HEALTHCHECK_COMMAND),
+        tests=list(command),
         interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
         timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
         retries=contract.HEALTHCHECK_RETRIES,
-        start_period=f"{caddy.HEALTHCHECK_START_PERIOD_SECONDS}s",
+        start_period=f"{start_period_seconds}s",
     )
 
 
