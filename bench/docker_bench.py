@@ -3,7 +3,7 @@
     uv run python bench/docker_bench.py [--tenants 1 5] [--idle 20]
 
 Needs a Docker engine, the images of scripts/docker-images, and Compose. What is compared:
-our stack applied by tests/docker_apply.py (pulumi-docker's behaviour, ``wait: true``)
+our stack applied by tests/harness/docker_apply.py (pulumi-docker's behaviour, ``wait: true``)
 against ``docker-compose up -d`` of a compose file generated from the SAME render, followed
 by waiting for the same healthchecks. Debian 12 ships Compose v1 (``docker-compose`` 1.29.2,
 ``apt-get install docker-compose``), which has no ``--wait``: the script polls the engine
@@ -37,8 +37,8 @@ sys.path.insert(0, str(ROOT))
 
 from components import contract  # noqa: E402
 from components.render import Rendered  # noqa: E402
-from tests import real_docker  # noqa: E402
-from tests.docker_apply import CONTAINER, IMAGE, mock_image_id  # noqa: E402
+from tests.harness import real_docker  # noqa: E402
+from tests.harness.docker_apply import CONTAINER, IMAGE, mock_image_id  # noqa: E402
 
 TENANT_NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 

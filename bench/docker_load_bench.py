@@ -4,14 +4,14 @@
                                                          [--think 0.25] [--slices 6] [--json out.json]
 
 Needs a Docker engine and the images of scripts/docker-images. One stack is applied as in
-tests/test_docker_real.py (tests/docker_apply.py, loopback ports), each tenant gets a stored
+tests/real/docker/test_docker_real.py (tests/harness/docker_apply.py, loopback ports), each tenant gets a stored
 secret and a conversation, then the same load runs both ways, straight to the servers and through
 Caddy, for ``--duration`` seconds each (issue 21, case 1), in ``--slices`` alternating slices
 (direct, proxy, proxy, direct, ...) so that whatever else the machine does weighs on both alike:
 
 - per tenant ``--clients`` clients, each on one keep-alive connection sending authenticated
   REST reads in a loop bounded by the deadline and a request cap, ``--think`` seconds apart
-  (tests/load_client.py), and each holding one authenticated WebSocket for the whole run (the
+  (tests/harness/load_client.py), and each holding one authenticated WebSocket for the whole run (the
   sockets of both ways are held throughout: each server holds 2 x ``--clients`` of them);
 - "direct": plain HTTP to each server's address on its Docker network (the host reaches the
   bridge; nothing is published); "proxy": HTTPS to Caddy on loopback with SNI and Host the
@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components import contract  # noqa: E402
-from tests import real_docker  # noqa: E402
-from tests.load_client import load, load_interleaved, percentile  # noqa: E402
+from tests.harness import real_docker  # noqa: E402
+from tests.harness.load_client import load, load_interleaved, percentile  # noqa: E402
 
 TENANT_NAMES = ["alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi"]
 

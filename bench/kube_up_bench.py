@@ -5,7 +5,7 @@
 What runs: the operator CLI (``python -m components.operator``) → the real Pulumi CLI and
 pulumi-resource-kubernetes from ``scripts/engine`` → the throwaway API server from ``scripts/kube``
 (kwok plays the node, so a pod is Ready once scheduled). Test-only stand-ins: the random plugin
-(``scripts/random-standin``) and the Ingress status publisher (tests/ingress_status.py).
+(``scripts/random-standin``) and the Ingress status publisher (tests/harness/ingress_status.py).
 
 The floor, per tenant count: the very objects the stack renders (``components.render``, the same
 names and specs), applied with ``kubectl apply --server-side`` and waited on with ``kubectl wait``
@@ -35,9 +35,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components.render import render  # noqa: E402
-from tests.ingress_status import IngressStatus  # noqa: E402
-from tests.kube_apply import Client, whole_numbers  # noqa: E402
-from tests.real_engine import OFFLINE_ENV  # noqa: E402
+from tests.harness.ingress_status import IngressStatus  # noqa: E402
+from tests.harness.kube_apply import Client, whole_numbers  # noqa: E402
+from tests.harness.real_engine import OFFLINE_ENV  # noqa: E402
 
 STORAGE_CLASS = "openhands-bench"
 

@@ -52,7 +52,7 @@ _IMAGE_RE = re.compile(
 
 # Every ``pattern=`` constraint in these models is registered here with words and an example:
 # pydantic's own message ("String should match pattern '^...$'") would show the user a regex.
-# tests/test_config_errors.py walks the models and fails on a pattern missing from this table.
+# tests/config/test_config_errors.py walks the models and fails on a pattern missing from this table.
 PATTERN_WORDS: dict[str, tuple[str, str]] = {}
 
 

@@ -53,7 +53,7 @@ def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
 
     A signal (``docker ps``, ``docker inspect``), not a cure: the engine restarts a container
     whose process exits (``unless-stopped``), never one that is merely unhealthy. No
-    ``start_interval``: API 1.41 drops it (tests/test_docker_real.py)."""
+    ``start_interval``: API 1.41 drops it (tests/real/docker/test_docker_real.py)."""
     return _healthcheck(caddy.HEALTHCHECK_COMMAND, caddy.HEALTHCHECK_START_PERIOD_SECONDS)
 
 

@@ -1,7 +1,7 @@
 # ruff: noqa: E501  (generated table: one family per line)
 """EC2 instance types by family, as botocore 1.44.5's EC2 service model lists them.
 
-Kept in the code (botocore is only a dev dependency); tests/test_config_errors.py checks this
+Kept in the code (botocore is only a dev dependency); tests/config/test_config_errors.py checks this
 table against botocore's ``InstanceType`` enum and prints a fresh one when AWS adds types.
 """
 

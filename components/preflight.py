@@ -132,7 +132,7 @@ def check_cli(which: Which = shutil.which, run: Run = subprocess.run) -> tuple[R
 
 
 # The provider plugins each model's program registers resources of (random: every stack's keys; the
-# engine loads a plugin when the first resource of its provider registers). tests/test_doctor.py
+# engine loads a plugin when the first resource of its provider registers). tests/operator/test_doctor.py
 # checks this against what the stacks render.
 PLUGINS: dict[str, tuple[str, ...]] = {
     "local": ("docker", "random"),
@@ -806,7 +806,7 @@ def _minor(version: str) -> tuple[int, int]:
 
 # What the kubernetes provider does with each object the stack creates: server-side apply (create,
 # patch), read and await (get, list, watch), delete. Reads of what it awaits: pods (StatefulSet
-# readiness) and endpoints (Service, Ingress backends). tests/test_doctor.py checks this covers
+# readiness) and endpoints (Service, Ingress backends). tests/operator/test_doctor.py checks this covers
 # every kind the k8s stack renders.
 K8S_OBJECTS: tuple[tuple[str, str], ...] = (
     ("", "secrets"), ("", "serviceaccounts"), ("", "services"), ("apps", "statefulsets"),

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests import agent_server as _agent_server  # noqa: E402
+from tests.harness import agent_server as _agent_server  # noqa: E402
 
 
 @pytest.fixture
@@ -35,9 +35,9 @@ def start_agent_server(tmp_path: Path) -> Iterator:
 def run_caddy(tmp_path: Path) -> Iterator:
     """Factory: ``run_caddy(caddyfile, upstreams=..., files=...)`` runs Debian's caddy on loopback.
 
-    See tests/caddy_proxy.py; every caddy it started is stopped by PID at teardown.
+    See tests/harness/caddy_proxy.py; every caddy it started is stopped by PID at teardown.
     """
-    from tests import caddy_proxy
+    from tests.harness import caddy_proxy
 
     started: list = []
 

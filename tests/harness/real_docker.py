@@ -1,0 +1,261 @@
+"""Fixtures and helpers for tests on a real Docker engine (tests/real/docker/test_docker_real.py, bench/).
+
+``engine()`` connects to the engine (DOCKER_HOST or /var/run/docker.sock) with API version
+negotiation; ``images()`` runs ``scripts/docker-images`` (cheap when cached) for the two
+images under the references users get. When either is missing the tests FAIL under
+``CI=true`` and are skipped with one reason elsewhere.
+
+``Deployment`` is one rendered ``local`` stack applied by tests/harness/docker_apply.py under a
+unique stack name, on free loopback ports; ``remove_stack`` removes every container,
+network and volume whose name carries that stack's prefix (what a test made).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import ssl
+import subprocess
+import tarfile
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+
+from components import caddy, contract
+from components.contract import DOCKER_MIN_API
+from components.render import Rendered, load_stack_config, render
+from tests.harness import ci
+from tests.harness.agent_server import free_port
+from tests.harness.caddy_proxy import LoopbackHTTPS
+from tests.harness.docker_apply import CONTAINER, Applier, _version
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES_SCRIPT = ROOT / "scripts" / "docker-images"
+IMAGES_TIMEOUT = 45 * 60  # a cold build: debootstrap + uv + import
+
+
+def unavailable(reason: str) -> None:
+    """Fail under CI (a real-engine test never skips there), skip with one reason elsewhere."""
+    ci.unavailable(f"no usable Docker engine: {reason}")
+
+
+def engine() -> docker.DockerClient:
+    """A client speaking the documented minimum Engine API (docs/local.md) (1.41) to whatever engine answers, so
+    the tests prove the stack works on Docker 20.10 even on a newer engine."""
+    try:
+        negotiated = docker.from_env(version="auto", timeout=300)
+        negotiated.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the engine means "no engine"
+        unavailable(f"no Docker engine reachable ({type(exc).__name__}: {exc}); start dockerd")
+    if _version(negotiated.api.api_version) < _version(DOCKER_MIN_API):
+        unavailable(f"the Docker engine speaks API {negotiated.api.api_version}; the stack needs >= {DOCKER_MIN_API}")
+    client = docker.from_env(version=DOCKER_MIN_API, timeout=300)
+    client.negotiated_api_version = negotiated.api.api_version  # type: ignore[attr-defined]
+    return client
+
+
+_IMAGES: dict[str, str] = {}
+
+
+def images() -> dict[str, str]:
+    """The two image references, built (or found cached) by scripts/docker-images."""
+    if not _IMAGES:
+        try:
+            proc = subprocess.run([str(IMAGES_SCRIPT)], capture_output=True, text=True, timeout=IMAGES_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            unavailable(f"scripts/docker-images did not run: {exc}")
+        if proc.returncode != 0:
+            unavailable(f"scripts/docker-images failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        _IMAGES.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return dict(_IMAGES)
+
+
+def unique_stack(tag: str) -> str:
+    return f"t{tag}{uuid.uuid4().hex[:6]}"
+
+
+def stack_prefix(stack: str, project: str = "openhands") -> str:
+    return f"{project}-{stack}"
+
+
+def remove_stack(client: docker.DockerClient, prefix: str) -> None:
+    """Remove every container, network and volume named ``<prefix>-...`` (by name, not by guess)."""
+    api = client.api
+    for c in api.containers(all=True, filters={"name": prefix}):
+        if any(n.lstrip("/").startswith(prefix + "-") for n in c["Names"]):
+            api.remove_container(c["Id"], v=True, force=True)
+    for n in api.networks(names=[prefix]):
+        if n["Name"].startswith(prefix + "-"):
+            api.remove_network(n["Id"])
+    for v in (api.volumes(filters={"name": prefix}) or {}).get("Volumes") or []:
+        if v["Name"].startswith(prefix + "-"):
+            api.remove_volume(v["Name"], force=True)
+
+
+# ------------------------------------------------------------------ HTTPS to *.localhost on loopback
+
+
+def https(host: str, port: int, path: str, ca: Path, headers: Mapping[str, str] | None = None,
+          method: str = "GET", body: Any = None, timeout: float = 10) -> tuple[int, str]:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    conn = LoopbackHTTPS(host, port, context=ctx, timeout=timeout)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        hdrs = {"Host": f"{host}:{port}", **(headers or {})}
+        if data is not None:
+            hdrs["Content-Type"] = "application/json"
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode(errors="replace")
+    finally:
+        conn.close()
+
+
+
+
+# ------------------------------------------------------------------ one applied stack
+
+
+@dataclass
+class Deployment:
+    client: docker.DockerClient
+    stack: str
+    tenants: list[str]
+    https_port: int
+    http_port: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    applier: Applier | None = None
+    rendered: Rendered | None = None
+    ca: Path | None = None
+    last_steps: list = field(default_factory=list)
+    first_steps: list = field(default_factory=list)
+    # Applied to every render before it is applied (a test-only variant, e.g. a size-limited volume).
+    patch: Callable[[Rendered], Rendered] | None = None
+
+    @property
+    def prefix(self) -> str:
+        return stack_prefix(self.stack)
+
+    def render(self, **extra: Any) -> Rendered:
+        overrides = {"tenants": self.tenants, "docker.httpsPort": self.https_port,
+                     "docker.httpPort": self.http_port, **self.overrides, **extra}
+        rendered = render(self.stack, config=load_stack_config("local"), overrides=overrides)
+        return self.patch(rendered) if self.patch else rendered
+
+    def up(self, **extra: Any):
+        if self.applier is None:
+            self.applier = Applier(self.client)
+        self.rendered = self.render(**extra)
+        self.last_steps = self.applier.up(self.rendered)
+        return self.last_steps
+
+    def host(self, tenant: str) -> str:
+        return f"{tenant}.localhost"
+
+    def key(self, tenant: str) -> str:
+        assert self.rendered is not None
+        return self.rendered.outputs["apiKey"][tenant]
+
+    def container(self, tenant: str) -> dict:
+        return self.client.api.inspect_container(f"{self.prefix}-{tenant}")
+
+    def server_ip(self, tenant: str) -> str:
+        """The tenant server's address on its own Docker network: the host reaches it over the bridge
+        (nothing is published; tests and benches only)."""
+        return self.container(tenant)["NetworkSettings"]["Networks"][f"{self.prefix}-{tenant}-net"]["IPAddress"]
+
+    @property
+    def proxy(self) -> str:
+        return f"{self.prefix}-proxy"
+
+    def fetch_ca(self, dest: Path, timeout: float = 30) -> Path:
+        """Caddy's internal root, copied out of the proxy (what the README's Connect section tells users to do)."""
+        path = f"{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt"
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                stream, _ = self.client.api.get_archive(self.proxy, path)
+                with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+                    member = tar.getmembers()[0]
+                    f = tar.extractfile(member)
+                    assert f is not None
+                    dest.write_bytes(f.read())
+                self.ca = dest
+                return dest
+            except docker.errors.NotFound:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def https(self, tenant: str, path: str, key: str | None = None, **kw: Any) -> tuple[int, str]:
+        assert self.ca is not None
+        headers = {contract.AUTH_HEADER: key} if key else {}
+        return https(self.host(tenant), self.https_port, path, self.ca, headers, **kw)
+
+    def wait_ready(self, tenant: str, budget: float = contract.STARTUP_BUDGET_SECONDS) -> float:
+        """Seconds until /ready answers 200 through the proxy."""
+        t0 = time.monotonic()
+        last: object = None
+        while time.monotonic() - t0 < budget:
+            try:
+                status, _ = self.https(tenant, contract.READINESS_PROBE.path, timeout=3)
+                if status == 200:
+                    return time.monotonic() - t0
+                last = status
+            except (OSError, ssl.SSLError) as exc:
+                last = exc
+            time.sleep(0.2)
+        raise AssertionError(f"{tenant}: /ready not 200 through the proxy within {budget}s (last: {last})")
+
+    def wait_healthy(self, tenant: str, budget: float = contract.STARTUP_BUDGET_SECONDS) -> None:
+        deadline = time.monotonic() + budget
+        while time.monotonic() < deadline:
+            state = self.container(tenant)["State"]
+            if (state.get("Health") or {}).get("Status") == "healthy":
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"{tenant}: not healthy within {budget}s")
+
+    def exec(self, tenant: str, script: str, timeout: float = 30) -> tuple[int, str]:
+        """Run bash inside a tenant's container (as its own user)."""
+        api = self.client.api
+        ex = api.exec_create(f"{self.prefix}-{tenant}", ["timeout", str(int(timeout)), "bash", "-c", script])
+        out = api.exec_start(ex["Id"]).decode(errors="replace")
+        return api.exec_inspect(ex["Id"])["ExitCode"], out
+
+    def agent_containers(self) -> list[str]:
+        assert self.applier is not None
+        return [a.outputs["name"] for a in self.applier.of_type(CONTAINER)
+                if a.outputs["name"] != self.proxy]
+
+
+def new_deployment(client: docker.DockerClient, tag: str, tenants: list[str], **overrides: Any) -> Deployment:
+    return Deployment(client=client, stack=unique_stack(tag), tenants=tenants, https_port=free_port(),
+                      http_port=free_port(), overrides=dict(overrides))
+
+
+def load_targets(dep: Deployment, tenants: list[str], via: str, conversations: Mapping[str, str] | None = None):
+    """tests/harness/load_client.py targets for ``tenants``: ``via="proxy"`` through Caddy on loopback (TLS
+    with Caddy's root, SNI and Host the tenant's host), ``via="direct"`` plain HTTP to each server's
+    address on its network."""
+    from tests.harness.load_client import Target
+
+    conversations = conversations or {}
+    if via == "proxy":
+        assert dep.ca is not None
+        ctx = ssl.create_default_context(cafile=str(dep.ca))
+        return [Target(t, "127.0.0.1", dep.https_port, dep.host(t), dep.key(t), ctx, conversations.get(t))
+                for t in tenants]
+    if via == "direct":
+        out = []
+        for t in tenants:
+            ip = dep.server_ip(t)
+            out.append(Target(t, ip, contract.PORT, ip, dep.key(t), None, conversations.get(t)))
+        return out
+    raise ValueError(via)
