@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from components import contract  # noqa: E402
-from components.render import Rendered  # noqa: E402
+from openhands_cli.render import Rendered  # noqa: E402
 from tests.harness import real_docker  # noqa: E402
 from tests.harness.docker_apply import CONTAINER, IMAGE, mock_image_id  # noqa: E402
 

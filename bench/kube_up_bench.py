@@ -2,12 +2,12 @@
 
     .venv/bin/python bench/kube_up_bench.py [--tenants 1 10 50] [--kubeconfig PATH]
 
-What runs: the operator CLI (``python -m components.operator``) → the real Pulumi CLI and
+What runs: the operator CLI (``python -m openhands_cli.main``) → the real Pulumi CLI and
 pulumi-resource-kubernetes from ``scripts/engine`` → the throwaway API server from ``scripts/kube``
 (kwok plays the node, so a pod is Ready once scheduled). Test-only stand-ins: the random plugin
 (``scripts/random-standin``) and the Ingress status publisher (tests/harness/ingress_status.py).
 
-The floor, per tenant count: the very objects the stack renders (``components.render``, the same
+The floor, per tenant count: the very objects the stack renders (``openhands_cli.render``, the same
 names and specs), applied with ``kubectl apply --server-side`` and waited on with ``kubectl wait``
 for the same readiness (every StatefulSet's ready replica, every Ingress's published address), in a
 namespace of their own. Printed: seconds and the ratios up/floor and preview/floor (goal ≤ 1.5×,
@@ -34,7 +34,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from components.render import render  # noqa: E402
+from openhands_cli.render import render  # noqa: E402
 from tests.harness.ingress_status import IngressStatus  # noqa: E402
 from tests.harness.kube_apply import Client, whole_numbers  # noqa: E402
 from tests.harness.real_engine import OFFLINE_ENV  # noqa: E402
@@ -110,7 +110,7 @@ class Bench:
         env = {**self.env, "OPENHANDS_PROJECT_DIR": str(project)}
         if parallel is not None:
             env["PULUMI_PARALLEL"] = str(parallel)
-        return timed([sys.executable, "-m", "components.operator", *args, "-s", "k8s"], cwd=project, env=env,
+        return timed([sys.executable, "-m", "openhands_cli.main", *args, "-s", "k8s"], cwd=project, env=env,
                      timeout=3600)
 
     def floor(self, n: int) -> float:

@@ -25,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# What each model may import (components.render.PROVIDER_SDKS names); anything else is waste.
+# What each model may import (openhands_cli.render.PROVIDER_SDKS names); anything else is waste.
 NEEDED = {
     "docker": {"pulumi_docker"},
     "vm": {"pulumi_aws", "pulumi_docker", "pulumi_command", "pulumi_tls"},
@@ -74,7 +74,7 @@ run()
 CHILD = """
 import json, sys, time
 t = time.perf_counter()
-from components.render import render, imported_sdks
+from openhands_cli.render import render, imported_sdks
 r = render({stack!r}, overrides={overrides!r}, stack_outputs={outputs!r})
 print(json.dumps({{"render_s": time.perf_counter() - t, "resources": len(r.resources), "sdks": imported_sdks()}}))
 """
@@ -86,7 +86,7 @@ def floor_program(model: str) -> str:
 
 
 def model_of(stack: str) -> str:
-    from components.render import load_stack_config
+    from openhands_cli.render import load_stack_config
 
     cfg = load_stack_config(stack)
     model = str(cfg.get("openhands:model"))
@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stacks", nargs="*", help="default: every stack in stacks/")
     opts = parser.parse_args(argv)
 
-    from components.render import stack_names
+    from components.contract import stack_names
 
     try:
-        from components.promotion import assumed_stack_outputs
+        from openhands_cli.render import assumed_stack_outputs
     except ImportError:  # no promotion module: no stack references to mock
         def assumed_stack_outputs(stack: str) -> dict[str, Any]:
             return {}

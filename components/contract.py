@@ -11,6 +11,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 # Bump when anything below changes in a way a running deployment would notice.
 # Prod promotes this together with the image (see components/promotion.py).
@@ -98,6 +99,32 @@ DOCKER_MIN_API = "1.41"
 # How every model labels/tags the agent-server workload, so policies can find it.
 ROLE = "agent-server"
 
+# ------------------------------------------------------------------ shared vocabulary
+# Labels on Docker containers, networks and volumes, and tags on EC2/ECS resources: which
+# role (ROLE, or the TLS proxy's), tenant and deployment (<project>/<stack>) an object belongs to.
+ROLE_LABEL = "dev.openhands.role"
+TENANT_LABEL = "dev.openhands.tenant"
+STACK_LABEL = "dev.openhands.stack"
+TLS_PROXY_ROLE = "tls-proxy"
+CHECKSUM_LABEL = "dev.openhands.keys-checksum"  # the keys' checksum: the rollout trigger
+# Kubernetes keys take a DNS prefix; they sit in immutable StatefulSet selectors, so they stay as
+# first released (a different spelling from the Docker labels above).
+K8S_TENANT_LABEL = "openhands.dev/tenant"
+K8S_CHECKSUM_ANNOTATION = "openhands.dev/keys-checksum"
+# "The internet": the default source/destination ranges in config, and what the policy pack refuses
+# to expose to.
+WORLD_CIDRS = ("0.0.0.0/0", "::/0")
+
+# The project directory (Pulumi.yaml): where `pulumi` runs the program, so where relative paths in
+# stack config point; the shipped stack files are in its stacks/.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STACKS_DIR = PROJECT_ROOT / "stacks"
+
+
+def stack_names(stacks_dir: Path = STACKS_DIR) -> list[str]:
+    """The stacks with a file in ``stacks_dir`` (``Pulumi.<stack>.yaml``), sorted."""
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in stacks_dir.glob("Pulumi.*.yaml"))
+
 
 def global_name(
     project: str,
@@ -118,7 +145,7 @@ def global_name(
         name = name[: max_length - len(digest) - 1] + "-" + digest
     return name
 
-# What the smoke test (components/smoke.py) calls on every tenant, besides READINESS_PROBE:
+# What the smoke test (openhands_cli/smoke.py) calls on every tenant, besides READINESS_PROBE:
 # an authenticated REST call (401 without the key) and the WebSocket first-message auth.
 # A good key gets no reply and the socket stays open; a wrong key is closed with 4001
 # within milliseconds (observed on 1.58.0).

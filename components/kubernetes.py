@@ -29,9 +29,8 @@ whichever is destroyed first with retainData false (hence the per-stack namespac
 
 from __future__ import annotations
 
-import hashlib
-import re
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pulumi
@@ -39,15 +38,15 @@ import pulumi_kubernetes as k8s
 
 from components import contract
 from components.config import IngressTls, KubernetesSettings, StackConfig
+from components.deployment import Deployment
 from components.keys import TenantKeys
-from components.program import Deployment
 
 # The Kubernetes versions we claim: the oldest and newest schemas kubernetes-validate
 # 1.37.0 ships. Every rendered object is validated (strict) against both.
 SUPPORTED_K8S_VERSIONS = ("1.25.0", "1.37.0")
 
-TENANT_LABEL = "openhands.dev/tenant"
-CHECKSUM_ANNOTATION = "openhands.dev/keys-checksum"
+TENANT_LABEL = contract.K8S_TENANT_LABEL
+CHECKSUM_ANNOTATION = contract.K8S_CHECKSUM_ANNOTATION
 STATE_VOLUME = "state"
 # Long-lived WebSockets on /sockets/*: the server pings every 20 s, but a controller's
 # default 60 s read timeout still cuts a quiet stream. One hour, in each controller's terms.
@@ -83,34 +82,6 @@ def websocket_annotations() -> dict[str, str]:
         "haproxy.org/timeout-tunnel": f"{t}s",  # HAProxy Technologies controller
         "haproxy-ingress.github.io/timeout-tunnel": f"{t}s",  # haproxy-ingress (community)
     }
-
-
-# A StatefulSet's pods carry the label controller-revision-hash=<name>-<10-char hash>, and a
-# label value is at most 63 characters: so the workload name stays within 52. The prefix is
-# at most 26 (config) and a tenant at most 20, so "<prefix>-<tenant>" is at most 47.
-MAX_PREFIX = 26
-
-
-def name_prefix(settings: KubernetesSettings, project: str | None = None, stack: str | None = None) -> str:
-    """``kubernetes.namePrefix``, else the project and stack: ``openhands-<stack>`` for this
-    project (the Docker model's convention), ``openhands-<project>-<stack>`` for another.
-    Made a DNS-1035 label (Services need one); shortened with a hash when too long, so the
-    name stays stable for a given project and stack and a re-created stack finds its claims."""
-    if settings.name_prefix:
-        return settings.name_prefix
-    project = project or pulumi.get_project()
-    stack = stack or pulumi.get_stack()
-    raw = f"{project}-{stack}" if project.startswith("openhands") else f"openhands-{project}-{stack}"
-    prefix = re.sub(r"[^a-z0-9-]+", "-", raw.lower()).strip("-")
-    prefix = re.sub(r"-{2,}", "-", prefix)
-    if len(prefix) > MAX_PREFIX:
-        digest = hashlib.sha256(raw.encode()).hexdigest()[:6]
-        prefix = f"{prefix[: MAX_PREFIX - 7].rstrip('-')}-{digest}"
-    return prefix
-
-
-def namespace_for(settings: KubernetesSettings, prefix: str) -> str:
-    return settings.namespace or prefix
 
 
 def names(tenant: str, prefix: str) -> dict[str, str]:
@@ -249,7 +220,7 @@ def gateway_spec(settings: KubernetesSettings, prefix: str, tenants: list[str]) 
     admitting HTTPRoutes from the tenants' namespace only."""
     gw, tls = settings.gateway, settings.tls
     assert gw is not None and gw.class_name and tls is not None
-    allowed = {"namespaces": {"from": "Selector", "selector": namespace_selector(namespace_for(settings, prefix))},
+    allowed = {"namespaces": {"from": "Selector", "selector": namespace_selector(settings.tenants_namespace(prefix))},
                "kinds": [{"kind": "HTTPRoute"}]}
     return {
         "gatewayClassName": gw.class_name,
@@ -270,8 +241,76 @@ def gateway_spec(settings: KubernetesSettings, prefix: str, tenants: list[str]) 
     }
 
 
-class AgentServer(pulumi.ComponentResource):
-    """One tenant's agent server and everything that reaches it."""
+def object_meta(
+    name: str,
+    annotations: Mapping[str, pulumi.Input[str]] | None = None,
+    *,
+    namespace: pulumi.Input[str],
+    labels: Mapping[str, str],
+) -> dict[str, Any]:
+    """A tenant object's metadata: its name in the tenants' namespace, the tenant's labels and,
+    when given, annotations."""
+    m: dict[str, Any] = {"name": name, "namespace": namespace, "labels": labels}
+    if annotations:
+        m["annotations"] = dict(annotations)
+    return m
+
+
+Meta = Callable[..., dict[str, Any]]  # object_meta with the namespace and labels bound
+
+
+def container_spec(cfg: StackConfig, keys: TenantKeys, secret_name: str) -> dict[str, Any]:
+    """The agent-server container, all from the runtime contract: keys from the Secret by
+    secretKeyRef, state on the claim, scratch dirs on emptyDirs, a read-only root, no privilege."""
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.container_env().items()]
+    env += [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": name}}}
+        for name in keys.env_names
+    ]
+    mounts = [{"name": STATE_VOLUME, "mountPath": contract.DATA_DIR}]
+    mounts += [{"name": _scratch_volume(p), "mountPath": p} for p in contract.SCRATCH_DIRS]
+    return {
+        "name": contract.ROLE,
+        "image": cfg.image,
+        # A pinned tag or digest: a restart must not depend on the registry being up.
+        "imagePullPolicy": "IfNotPresent",
+        "args": contract.args(),
+        "ports": [{"name": contract.PORT_NAME, "containerPort": contract.PORT, "protocol": "TCP"}],
+        "env": env,
+        "startupProbe": _probe(contract.STARTUP_PROBE),
+        "readinessProbe": _probe(contract.READINESS_PROBE),
+        "livenessProbe": _probe(contract.LIVENESS_PROBE),
+        "resources": _resources(cfg),
+        "volumeMounts": mounts,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": contract.UID,
+            "runAsGroup": contract.GID,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+
+
+def claim_spec(settings: KubernetesSettings) -> dict[str, Any]:
+    """The state claim template's spec: access mode, size and (when set) storage class."""
+    spec: dict[str, Any] = {
+        "accessModes": [settings.access_mode],
+        "resources": {"requests": {"storage": settings.storage_size}},
+    }
+    if settings.storage_class:
+        spec["storageClassName"] = settings.storage_class
+    return spec
+
+
+class KubernetesTenant(pulumi.ComponentResource):
+    """One tenant's agent server and everything that reaches it.
+
+    The constructor runs the steps in dependency order; each step registers its objects
+    as children of this component and keeps them as attributes."""
 
     secret: k8s.core.v1.Secret | None  # None in render mode (renderTo)
     service_account: k8s.core.v1.ServiceAccount
@@ -293,22 +332,30 @@ class AgentServer(pulumi.ComponentResource):
         gateway: pulumi.Resource | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        # The type token keeps its first name: it is in every deployed stack's URNs.
         super().__init__("openhands:kubernetes:AgentServer", tenant, None, opts)
         settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
         child = pulumi.ResourceOptions(parent=self)
         n = names(tenant, prefix)
-        lbl = labels(tenant)
         host = settings.host_for(tenant)
+        meta: Meta = functools.partial(object_meta, namespace=namespace, labels=labels(tenant))
 
-        def meta(name: str, annotations: Mapping[str, pulumi.Input[str]] | None = None) -> dict[str, Any]:
-            m: dict[str, Any] = {"name": name, "namespace": namespace, "labels": lbl}
-            if annotations:
-                m["annotations"] = dict(annotations)
-            return m
+        self._secret(tenant, settings, keys, n, meta, child)
+        self._service_account(tenant, n, meta, child)
+        self._workload(tenant, cfg, keys, n, meta, child)
+        self._service(tenant, n, meta, child)
+        self._routing(tenant, settings, prefix, n, host, gateway, meta, child)
+        self._network_policy(tenant, settings, n, meta, child)
+        self.url = pulumi.Output.from_input(f"https://{host}")
+        self.register_outputs({"url": self.url, "claim": n["claim"]})
 
-        # The keys, only here. The container reads each one with secretKeyRef. Not in render
-        # mode: the provider would write the values in plaintext into the manifest directory
-        # (its documented behaviour); there the Secret comes from the user's secret store.
+    def _secret(self, tenant: str, settings: KubernetesSettings, keys: TenantKeys, n: dict[str, str], meta: Meta,
+                child: pulumi.ResourceOptions) -> None:
+        """The keys, only here: the container reads each one with secretKeyRef.
+
+        Not in render mode (None there): the provider would write the values in plaintext into
+        the manifest directory (its documented behaviour); there the Secret comes from the
+        user's secret store."""
         self.secret = None
         if settings.render_to is None:
             self.secret = k8s.core.v1.Secret(
@@ -318,7 +365,9 @@ class AgentServer(pulumi.ComponentResource):
                 string_data=keys.env,
                 opts=child,
             )
-        # No API access: the agent runs arbitrary code, so it gets no token to use.
+
+    def _service_account(self, tenant: str, n: dict[str, str], meta: Meta, child: pulumi.ResourceOptions) -> None:
+        """The pod's identity, without API access: the agent runs arbitrary code, so it gets no token."""
         self.service_account = k8s.core.v1.ServiceAccount(
             f"{tenant}-sa",
             metadata=meta(n["service_account"]),
@@ -326,43 +375,12 @@ class AgentServer(pulumi.ComponentResource):
             opts=child,
         )
 
-        env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.container_env().items()]
-        env += [
-            {"name": name, "valueFrom": {"secretKeyRef": {"name": n["secret"], "key": name}}}
-            for name in keys.env_names
-        ]
-        mounts = [{"name": STATE_VOLUME, "mountPath": contract.DATA_DIR}]
-        mounts += [{"name": _scratch_volume(p), "mountPath": p} for p in contract.SCRATCH_DIRS]
-        container = {
-            "name": contract.ROLE,
-            "image": cfg.image,
-            # A pinned tag or digest: a restart must not depend on the registry being up.
-            "imagePullPolicy": "IfNotPresent",
-            "args": contract.args(),
-            "ports": [{"name": contract.PORT_NAME, "containerPort": contract.PORT, "protocol": "TCP"}],
-            "env": env,
-            "startupProbe": _probe(contract.STARTUP_PROBE),
-            "readinessProbe": _probe(contract.READINESS_PROBE),
-            "livenessProbe": _probe(contract.LIVENESS_PROBE),
-            "resources": _resources(cfg),
-            "volumeMounts": mounts,
-            "securityContext": {
-                "runAsNonRoot": True,
-                "runAsUser": contract.UID,
-                "runAsGroup": contract.GID,
-                "allowPrivilegeEscalation": False,
-                "privileged": False,
-                "readOnlyRootFilesystem": True,
-                "capabilities": {"drop": ["ALL"]},
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-        }
-        claim_spec: dict[str, Any] = {
-            "accessModes": [settings.access_mode],
-            "resources": {"requests": {"storage": settings.storage_size}},
-        }
-        if settings.storage_class:
-            claim_spec["storageClassName"] = settings.storage_class
+    def _workload(self, tenant: str, cfg: StackConfig, keys: TenantKeys, n: dict[str, str], meta: Meta,
+                  child: pulumi.ResourceOptions) -> None:
+        """The single-replica StatefulSet (at most one pod on the state volume) with its claim
+        template; the keys' checksum on the pod template rolls the pod on a rotation."""
+        settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
+        lbl = labels(tenant)
         # The claim outlives the StatefulSet (pulumi destroy) unless retainData is false.
         retention = "Retain" if cfg.retain_data else "Delete"
         self.stateful_set = k8s.apps.v1.StatefulSet(
@@ -398,7 +416,7 @@ class AgentServer(pulumi.ComponentResource):
                             "fsGroupChangePolicy": "OnRootMismatch",
                             "seccompProfile": {"type": "RuntimeDefault"},
                         },
-                        "containers": [container],
+                        "containers": [container_spec(cfg, keys, n["secret"])],
                         # The root filesystem is read-only; these are the writable, disposable dirs.
                         "volumes": [
                             {"name": _scratch_volume(p), "emptyDir": {"sizeLimit": settings.scratch_size}}
@@ -407,7 +425,7 @@ class AgentServer(pulumi.ComponentResource):
                     },
                 },
                 "volumeClaimTemplates": [
-                    {"metadata": {"name": STATE_VOLUME, "labels": lbl}, "spec": claim_spec}
+                    {"metadata": {"name": STATE_VOLUME, "labels": lbl}, "spec": claim_spec(settings)}
                 ],
             },
             opts=child.merge(
@@ -421,6 +439,9 @@ class AgentServer(pulumi.ComponentResource):
                 )
             ),
         )
+
+    def _service(self, tenant: str, n: dict[str, str], meta: Meta, child: pulumi.ResourceOptions) -> None:
+        """The ClusterIP Service in front of the pod: what the Ingress or HTTPRoute sends traffic to."""
         self.service = k8s.core.v1.Service(
             f"{tenant}-service",
             metadata=meta(n["service"]),
@@ -434,29 +455,35 @@ class AgentServer(pulumi.ComponentResource):
             },
             opts=child,
         )
+
+    def _routing(self, tenant: str, settings: KubernetesSettings, prefix: str, n: dict[str, str], host: str,
+                 gateway: pulumi.Resource | None, meta: Meta, child: pulumi.ResourceOptions) -> None:
+        """How the tenant's host reaches the Service: an HTTPRoute (``routing: gateway``) or an
+        Ingress (the default); the other attribute stays None."""
         self.ingress = self.http_route = None
         if settings.routing == "gateway":
-            self.http_route = k8s.apiextensions.CustomResource(
-                f"{tenant}-route",
-                api_version=GATEWAY_API_VERSION,
-                kind="HTTPRoute",
-                metadata=meta(n["http_route"]),
-                spec=http_route_spec(tenant, settings, prefix),
-                opts=child.merge(pulumi.ResourceOptions(depends_on=[r for r in (self.service, gateway) if r])),
-            )
+            self.http_route = self._http_route(tenant, settings, prefix, n, gateway, meta, child)
         else:
             self.ingress = self._ingress(tenant, settings, n, host, meta, child)
-        self.network_policy = k8s.networking.v1.NetworkPolicy(
-            f"{tenant}-netpol",
-            metadata=meta(n["network_policy"]),
-            spec=network_policy_spec(tenant, settings),
-            opts=child,
-        )
-        self.url = pulumi.Output.from_input(f"https://{host}")
-        self.register_outputs({"url": self.url, "claim": n["claim"]})
 
-    def _ingress(self, tenant: str, settings: KubernetesSettings, n: dict[str, str], host: str, meta: Any,
+    def _http_route(self, tenant: str, settings: KubernetesSettings, prefix: str, n: dict[str, str],
+                    gateway: pulumi.Resource | None, meta: Meta,
+                    child: pulumi.ResourceOptions) -> k8s.apiextensions.CustomResource:
+        """A Gateway API HTTPRoute for the tenant's host, attached to the stack's Gateway (created
+        first, when the stack creates it) or to the one the user names."""
+        return k8s.apiextensions.CustomResource(
+            f"{tenant}-route",
+            api_version=GATEWAY_API_VERSION,
+            kind="HTTPRoute",
+            metadata=meta(n["http_route"]),
+            spec=http_route_spec(tenant, settings, prefix),
+            opts=child.merge(pulumi.ResourceOptions(depends_on=[r for r in (self.service, gateway) if r])),
+        )
+
+    def _ingress(self, tenant: str, settings: KubernetesSettings, n: dict[str, str], host: str, meta: Meta,
                  child: pulumi.ResourceOptions) -> k8s.networking.v1.Ingress:
+        """An Ingress with TLS for the tenant's host: WebSocket timeouts for the common controllers,
+        cert-manager's issuer annotation, then the user's own annotations."""
         annotations = websocket_annotations()
         tls = settings.tls
         assert tls is not None
@@ -489,6 +516,17 @@ class AgentServer(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[self.service])),
         )
 
+    def _network_policy(self, tenant: str, settings: KubernetesSettings, n: dict[str, str], meta: Meta,
+                        child: pulumi.ResourceOptions) -> None:
+        """The NetworkPolicy: in only from the ingress controller's (or gateway proxies') namespace,
+        out as ``egress`` allows (network_policy_spec)."""
+        self.network_policy = k8s.networking.v1.NetworkPolicy(
+            f"{tenant}-netpol",
+            metadata=meta(n["network_policy"]),
+            spec=network_policy_spec(tenant, settings),
+            opts=child,
+        )
+
 
 class KubernetesDeployment(pulumi.ComponentResource):
     """All tenants in one namespace. The cluster comes from the provider in ``opts``."""
@@ -497,7 +535,7 @@ class KubernetesDeployment(pulumi.ComponentResource):
     gateway: k8s.apiextensions.CustomResource | None  # routing: gateway with create: true
     namespace_name: pulumi.Output[str]
     prefix: str
-    servers: dict[str, AgentServer]
+    servers: dict[str, KubernetesTenant]
     urls: dict[str, pulumi.Output[str]]
 
     def __init__(
@@ -511,8 +549,8 @@ class KubernetesDeployment(pulumi.ComponentResource):
         super().__init__("openhands:kubernetes:KubernetesDeployment", name, None, opts)
         settings: KubernetesSettings = cfg.kubernetes  # type: ignore[assignment]
         child = pulumi.ResourceOptions(parent=self)
-        self.prefix = name_prefix(settings)
-        namespace = namespace_for(settings, self.prefix)
+        self.prefix = settings.object_prefix()
+        namespace = settings.tenants_namespace(self.prefix)
         self.namespace = None
         if settings.create_namespace:
             # Deleting a namespace deletes every claim in it, so it is retained with the data.
@@ -554,7 +592,7 @@ class KubernetesDeployment(pulumi.ComponentResource):
                 opts=child,
             )
         self.servers = {
-            t: AgentServer(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, prefix=self.prefix,
+            t: KubernetesTenant(t, namespace=self.namespace_name, keys=keys[t], cfg=cfg, prefix=self.prefix,
                            gateway=self.gateway, opts=child)
             for t in cfg.tenants
         }

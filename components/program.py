@@ -7,30 +7,12 @@ loads ``pulumi_aws`` or ``pulumi_kubernetes``.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
 
-from components import config, contract, promotion
-
-
-@dataclass
-class Deployment:
-    """What a model returns to the program."""
-
-    resource: pulumi.ComponentResource
-    urls: dict[str, pulumi.Input[str]]
-    exports: dict[str, Any] = field(default_factory=dict)
-    image: pulumi.Input[str] | None = None  # the image reference actually deployed
-
-
-def model_module(cfg: config.StackConfig) -> str:
-    if cfg.model == "docker":
-        return "components.vm" if cfg.settings.engine == "vm" else "components.docker"
-    return {"kubernetes": "components.kubernetes", "ecs": "components.ecs", "modal": "components.modal_deploy"}[
-        cfg.model
-    ]
+from components import config, contract, deployment, promotion
+from components.deployment import Deployment
 
 
 def run() -> dict[str, Any]:
@@ -39,26 +21,26 @@ def run() -> dict[str, Any]:
     # A promoting stack (prod) deploys the image its fromStack (dev) ran; see components/promotion.py.
     promoted = promotion.resolve(cfg)
     cfg = promoted.cfg
-    build = importlib.import_module(model_module(cfg)).build
+    build: deployment.Model = importlib.import_module(deployment.model_module(cfg)).build
 
     from components.keys import tenant_keys
 
     keys = tenant_keys(cfg)
-    deployment: Deployment = build(cfg, keys)
+    built: Deployment = build(cfg, keys)
     exports: dict[str, Any] = {
-        "model": cfg.model,
-        "url": dict(deployment.urls),
-        "apiKey": pulumi.Output.secret({t: k.api_key for t, k in keys.items()}),
+        deployment.MODEL: cfg.model,
+        deployment.URL: dict(built.urls),
+        deployment.API_KEY: pulumi.Output.secret({t: k.api_key for t, k in keys.items()}),
         # The keys that decrypt secrets stored on each tenant's volume (current first). Kept
         # volumes outlive `pulumi destroy`, the generated keys do not: save these first to
         # re-attach a volume later through tenantKeys.
-        "secretKeys": pulumi.Output.secret(
+        deployment.SECRET_KEYS: pulumi.Output.secret(
             {t: k.values.apply(lambda v: [v.secret_key, *v.previous_secret_keys]) for t, k in keys.items()}
         ),
-        "image": deployment.image if deployment.image is not None else cfg.image,
-        "contractVersion": contract.CONTRACT_VERSION,
+        deployment.IMAGE: built.image if built.image is not None else cfg.image,
+        deployment.CONTRACT_VERSION: contract.CONTRACT_VERSION,
         **promoted.exports,
-        **deployment.exports,
+        **built.exports,
     }
     for name, value in exports.items():
         pulumi.export(name, value)

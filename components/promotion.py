@@ -33,11 +33,11 @@ from typing import Any
 
 import pulumi
 
-from components import contract
-from components.config import StackConfig, _image, image_issues
+from components import contract, deployment
+from components.config import StackConfig, image_issues, valid_image_ref
 
 # The outputs a promoted-from stack must export (components/program.py exports both).
-REQUIRED_OUTPUTS = ("image", "contractVersion")
+REQUIRED_OUTPUTS = (deployment.IMAGE, deployment.CONTRACT_VERSION)
 
 
 class PromotionError(pulumi.RunError):
@@ -84,7 +84,7 @@ def resolve(cfg: StackConfig) -> Promotion:
 
     ref = pulumi.StackReference(source)
     dev = {name: _read_now(ref, name) for name in REQUIRED_OUTPUTS}
-    dev_image, dev_contract = dev["image"], dev["contractVersion"]
+    dev_image, dev_contract = dev[deployment.IMAGE], dev[deployment.CONTRACT_VERSION]
     dev_contract = None if dev_contract is None else str(dev_contract)
     override = promo.emergency_override
     stack = pulumi.get_stack()
@@ -100,7 +100,7 @@ def resolve(cfg: StackConfig) -> Promotion:
         )
     if dev_image is not None:
         try:
-            _image(str(dev_image))
+            valid_image_ref(str(dev_image))
         except ValueError as exc:
             raise PromotionError(f"stack {source!r} exports image {dev_image!r}: {exc}") from None
         # A promoting stack is prod (config.is_prod): it runs pinned images only, dev's included.
@@ -135,10 +135,10 @@ def resolve(cfg: StackConfig) -> Promotion:
         )
 
     exports: dict[str, Any] = {
-        "promotedFrom": {"stack": source, "image": dev_image, "contractVersion": dev_contract},
+        deployment.PROMOTED_FROM: {"stack": source, "image": dev_image, "contractVersion": dev_contract},
     }
     if override is not None:
-        exports["promotionOverride"] = {
+        exports[deployment.PROMOTION_OVERRIDE] = {
             "image": image,
             "reason": override.reason,
             "fromStackImage": dev_image,
@@ -151,26 +151,3 @@ def resolve(cfg: StackConfig) -> Promotion:
             f"(dev runs {dev_image}, contract {dev_contract}); reason: {override.reason}"
         )
     return Promotion(cfg.model_copy(update={"image": image}), exports)
-
-
-def assumed_stack_outputs(stack: str) -> dict[str, dict[str, Any]]:
-    """Stand-in outputs of the stack that ``stack`` promotes from, for offline renders.
-
-    ``python -m components check -s prod`` has no dev state to read. This assumes dev
-    runs the image in its own stack file under this code's contract version, which is
-    what a successful ``pulumi up -s dev`` of the same commit exports. Empty when
-    ``stack`` does not promote.
-    """
-    from components.config import NAMESPACE
-    from components.render import load_stack_config
-
-    promo = load_stack_config(stack).get(f"{NAMESPACE}:promotion")
-    if not isinstance(promo, dict) or not promo.get("fromStack"):
-        return {}
-    source = str(promo["fromStack"])
-    try:
-        source_cfg = load_stack_config(source.rsplit("/", 1)[-1])
-    except FileNotFoundError:
-        source_cfg = {}
-    image = source_cfg.get(f"{NAMESPACE}:image", contract.DEFAULT_IMAGE)
-    return {source: {"image": image, "contractVersion": contract.CONTRACT_VERSION}}

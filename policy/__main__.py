@@ -1,11 +1,14 @@
-"""Entry point `pulumi preview --policy-pack policy` runs: it only builds the pack.
+"""Entry point `pulumi preview --policy-pack policy` runs (PulumiPolicy.yaml ``main``): it only builds the pack.
 
-Constructing a PolicyPack starts the analyzer's gRPC server and blocks, so every policy lives
-in ``policies.py`` (imported by tests and ``python -m components check`` without serving).
+Constructing a PolicyPack starts the analyzer's gRPC server and blocks, so the policies live in the
+``policy`` package (``policy/__init__.py``), which tests and ``python -m components check`` import
+without serving. The project is installed (editable) in its virtualenv, so ``import policy`` works
+from ``policy/`` as well, where pulumi runs this file.
 """
 
-from policies import PACK_NAME, POLICIES
 from pulumi_policy import EnforcementLevel, PolicyPack
+
+from policy import PACK_NAME, POLICIES
 
 PolicyPack(
     name=PACK_NAME,

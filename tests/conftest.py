@@ -19,7 +19,7 @@ def start_agent_server(tmp_path: Path) -> Iterator:
 
     Every server it started is stopped by PID when the test ends.
     """
-    started: list[_agent_server.AgentServer] = []
+    started: list[_agent_server.RunningServer] = []
 
     def _start(env, args, workdir: Path | None = None, **kw):
         server = _agent_server.start(env, args, workdir or tmp_path / f"srv{len(started)}", **kw)

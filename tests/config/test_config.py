@@ -5,14 +5,14 @@ from __future__ import annotations
 import pulumi
 import pytest
 
-from components import render as r
 from components.config import ConfigError
+from openhands_cli import render as r
 
 
 def fails(stack: str = "local", **kw) -> str:
     with pytest.raises(ConfigError) as info:
         r.render(stack, **kw)
-    assert r.last_resources == [], f"resources registered before the config error: {r.last_resources}"
+    assert r.registered_before(info.value) == [], "resources registered before the config error"
     # A RunError: Pulumi prints the message alone, with no traceback.
     assert isinstance(info.value, pulumi.RunError)
     return str(info.value)

@@ -39,7 +39,7 @@ def test_preview_of_a_prod_stack_refuses_an_unpinned_image(engine_project) -> No
 
 # What the real CLI (3.259.0) does with these on its own: keeps the last of two keys, reads 0443 as
 # 291 (a valid port) and `yes` as true, all without a word. The program reads the tracked stack file
-# strictly (components/stackfile.py), so each is one message and nothing is registered.
+# strictly (components/config/stackfile.py), so each is one message and nothing is registered.
 STRICT_CASES = {
     "duplicate key": ("  openhands:tenants: [a]\n  openhands:tenants: [b]\n",
                       "line 6, column 3: duplicate key 'openhands:tenants' (first at line 5)"),

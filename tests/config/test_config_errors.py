@@ -1,7 +1,7 @@
 """Issue 13, config part: every kind of bad input ends in one clear message, with nothing registered.
 
-Through the render harness (the program under Pulumi's mocks: ``r.last_resources`` holds what
-was registered) and through ``python -m components check`` (exit 2, one message, no traceback).
+Through the render harness (the program under Pulumi's mocks: ``r.registered_before(exc)`` holds what
+was registered) and through ``openhands check`` (exit 2, one message, no traceback).
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ import pulumi
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from components import check
 from components import config as c
-from components import render as r
+from components import contract
 from components.config import ConfigError
+from openhands_cli import check
+from openhands_cli import render as r
 
 ROOT = Path(__file__).resolve().parents[2]
 STRONG = "k" * 32
@@ -34,7 +35,8 @@ def fails(stack: str = "local", **kw: Any) -> str:
     """The ConfigError message of rendering ``stack``; asserts nothing was registered."""
     with pytest.raises(ConfigError) as info:
         r.render(stack, **kw)
-    assert r.last_resources == [], f"registered before the config error: {[x.name for x in r.last_resources]}"
+    registered = r.registered_before(info.value)
+    assert registered == [], f"registered before the config error: {[x.name for x in registered]}"
     assert isinstance(info.value, pulumi.RunError)  # Pulumi prints a RunError's message alone
     return str(info.value)
 
@@ -175,7 +177,7 @@ def test_bad_stack_files_give_one_message_naming_the_file(case: str, tmp_path: P
     path.write_text(text)
     with pytest.raises((ConfigError, ValueError)) as info:
         r.render("bad", stack_path=path)
-    assert r.last_resources == []
+    assert r.registered_before(info.value) == []
     msg = str(info.value)
     assert expected in msg
     if case != "secure value":
@@ -215,7 +217,7 @@ def test_set_values_that_do_not_parse_exit_2(case: str, capsys: pytest.CaptureFi
 
 
 def run_cli(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "components", "check", *argv], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "openhands_cli", "check", *argv], cwd=ROOT, capture_output=True,
                           text=True, timeout=180)
 
 
@@ -278,7 +280,7 @@ def _models() -> list[type[BaseModel]]:
             continue
         out.append(model)
         for f in model.model_fields.values():
-            found = c._model_in(f.annotation, typing)
+            found = c.nested_model(f.annotation, typing)
             if found is not None:
                 todo.append(found)
     return out
@@ -305,7 +307,7 @@ def test_every_pattern_constrained_field_is_described_in_words() -> None:
             bad = [bad]
         with pytest.raises(ValidationError) as info:
             model.model_validate({key: bad})
-        message = c._format(info.value.errors(), "t")
+        message = c.format_errors(info.value.errors(), "t")
         lines = [ln for ln in message.splitlines() if re.search(rf"[:.]{key}(\[0\])?: ", ln)]
         assert lines, message
         for line in lines:
@@ -344,7 +346,7 @@ def test_pinned_references_are_not_warned_about() -> None:
 
 
 def test_prod_refuses_unpinned_images() -> None:
-    outputs = check._promoted_from("prod")
+    outputs = r.assumed_stack_outputs("prod")
     line = one_problem(fails("prod", stack_outputs=outputs, overrides={"promotion.emergencyOverride": {
         "image": "ghcr.io/openhands/agent-server:latest", "reason": "INC-1: testing the rule"}}))
     assert "openhands:promotion.emergencyOverride.image" in line and "prod stack deploys pinned images only" in line
@@ -354,7 +356,7 @@ def test_prod_refuses_unpinned_images() -> None:
     assert "openhands:image: 'ghcr.io/openhands/agent-server' has no tag" in line
 
 
-@pytest.mark.parametrize("stack", r.stack_names())
+@pytest.mark.parametrize("stack", contract.stack_names())
 def test_shipped_stacks_have_no_warnings(stack: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert check.main(["-s", stack, "--json", "--no-validators"]) == 0
     assert json.loads(capsys.readouterr().out)["warnings"] == []
@@ -402,13 +404,13 @@ def _botocore_table() -> dict[str, list[str]]:
 def test_instance_type_table_matches_botocore() -> None:
     import botocore
 
-    from components.ec2_types import BOTOCORE_VERSION, INSTANCE_TYPES
+    from components.config.ec2_types import BOTOCORE_VERSION, INSTANCE_TYPES
 
     ours = {f: set(sizes.split()) for f, sizes in INSTANCE_TYPES.items()}
     theirs = {f: set(sizes) for f, sizes in _botocore_table().items()}
     fresh = "\n".join(f'    "{f}": "{" ".join(sorted(s))}",' for f, s in sorted(theirs.items()))
     assert ours == theirs, (
-        f"components/ec2_types.py (botocore {BOTOCORE_VERSION}) differs from botocore {botocore.__version__}; "
+        f"components/config/ec2_types.py (botocore {BOTOCORE_VERSION}) differs from botocore {botocore.__version__}; "
         f"new families: {sorted(set(theirs) - set(ours))}, gone: {sorted(set(ours) - set(theirs))}. "
         f"Replace INSTANCE_TYPES with (and order sizes small to large):\n{fresh}"
     )
@@ -531,10 +533,11 @@ def test_reviewers_bad_input_through_the_check_command(name: str, capsys: pytest
 
 def test_prod_refuses_an_unpinned_image_promoted_from_dev() -> None:
     outputs = {src: {**out, "image": "ghcr.io/openhands/agent-server:latest"}
-               for src, out in check._promoted_from("prod").items()}
-    with pytest.raises(pulumi.RunError, match="which uses the moving tag 'latest'; a promoting stack deploys pinned"):
+               for src, out in r.assumed_stack_outputs("prod").items()}
+    pinned = "which uses the moving tag 'latest'; a promoting stack deploys pinned"
+    with pytest.raises(pulumi.RunError, match=pinned) as info:
         r.render("prod", stack_outputs=outputs)
-    assert not any(x.type.startswith("kubernetes:") for x in r.last_resources)  # only the StackReference
+    assert not any(x.type.startswith("kubernetes:") for x in r.registered_before(info.value))  # only the StackReference
 
 
 @pytest.mark.parametrize(("ref", "why"), [
@@ -543,10 +546,11 @@ def test_prod_refuses_an_unpinned_image_promoted_from_dev() -> None:
     ("ghcr.io/openhands/agent-server:main", "names no version"),
 ])
 def test_unpinned_means_what_the_policy_pack_means(ref: str, why: str) -> None:
-    policies = check.load_policies()
+    from policy.workload import image_pinned
+
     unpinned, _ = c.image_issues(ref)
     assert unpinned and why in unpinned
-    assert not policies.image_pinned(ref)
+    assert not image_pinned(ref)
 
 
 def test_what_the_strict_loader_still_accepts(tmp_path: Path) -> None:
@@ -582,6 +586,6 @@ def test_ssh_public_key_read_from_a_file_keeps_working() -> None:
 
 
 def test_a_misspelt_namespace_is_not_silently_ignored() -> None:
-    with pytest.raises(ConfigError, match=r"OpenHands:tenants: unknown namespace 'OpenHands' \(did you mean"):
+    with pytest.raises(ConfigError, match=r"OpenHands:tenants: unknown namespace 'OpenHands' \(did you mean") as info:
         r.render("local", overrides={"OpenHands:tenants": ["a"]})
-    assert r.last_resources == []
+    assert r.registered_before(info.value) == []

@@ -9,7 +9,7 @@ import re
 import pytest
 
 from components import contract
-from components.render import Rendered, load_stack_config, render
+from openhands_cli.render import Rendered, load_stack_config, render
 
 # Inputs that name an AWS object in a namespace wider than the stack.
 NAME_KEYS = ("name", "namePrefix", "family", "keyName", "keyNamePrefix")

@@ -97,7 +97,7 @@ def http(method: str, url: str, headers: Mapping[str, str] | None = None, body: 
 
 
 @dataclass
-class AgentServer:
+class RunningServer:
     """A running agent server. ``url`` is http://127.0.0.1:<port>."""
 
     process: subprocess.Popen
@@ -143,7 +143,7 @@ def local_args(args: Sequence[str], port: int) -> list[str]:
 
 
 def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: bool = True,
-          tmp: Path | None = None) -> AgentServer:
+          tmp: Path | None = None) -> RunningServer:
     """Start the real server with a rendered ``env`` and ``args``.
 
     Container paths under the contract's DATA_DIR and HOME_DIR are mapped into
@@ -172,7 +172,7 @@ def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: b
             [str(exe), *local_args(args, port)], env=full_env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    server = AgentServer(process=proc, port=port, workdir=workdir, env=full_env, log=log)
+    server = RunningServer(process=proc, port=port, workdir=workdir, env=full_env, log=log)
     if wait:
         try:
             server.ready_after = wait_ready(server)
@@ -182,7 +182,7 @@ def start(env: Mapping[str, str], args: Sequence[str], workdir: Path, *, wait: b
     return server
 
 
-def wait_ready(server: AgentServer, budget: float = contract.STARTUP_BUDGET_SECONDS) -> float:
+def wait_ready(server: RunningServer, budget: float = contract.STARTUP_BUDGET_SECONDS) -> float:
     """Seconds until GET /ready gives 200; fails after the contract's startup budget."""
     t0 = time.monotonic()
     while time.monotonic() - t0 < budget:

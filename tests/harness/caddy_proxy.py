@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import caddy as _caddy
+from components.docker import caddy as _caddy
 
 
 def caddy_binary() -> str:

@@ -1,5 +1,5 @@
 """Test-only applier: do on a real Docker engine what ``pulumi up`` / ``pulumi destroy`` with
-pulumi-docker 5.2.0 would do with what ``components.render.render(...)`` registered.
+pulumi-docker 5.2.0 would do with what ``openhands_cli.render.render(...)`` registered.
 
 pulumi-docker's plugin cannot be built here (no GitHub), so this module replays the
 provider (terraform-provider-docker, which pulumi-docker bridges) through the Engine API with
@@ -77,7 +77,7 @@ from typing import Any
 import docker
 import docker.errors
 
-from components.render import Rendered, Resource
+from openhands_cli.render import Rendered, Resource
 
 IMAGE = "docker:index/remoteImage:RemoteImage"
 NETWORK = "docker:index/network:Network"
@@ -118,7 +118,7 @@ def go_duration_ns(text: str) -> int:
 
 
 def mock_image_id(name: str) -> str:
-    """The imageId the offline render gave a RemoteImage (components/render.py's mock)."""
+    """The imageId the offline render gave a RemoteImage (openhands_cli/render.py's mock)."""
     return "sha256:" + hashlib.sha256(name.encode()).hexdigest()
 
 

@@ -53,7 +53,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
-from components.render import Rendered, Resource
+from openhands_cli.render import Rendered, Resource
 
 # type token -> (API prefix, plural, namespaced, force-new paths beyond metadata.name/namespace)
 KINDS: dict[str, tuple[str, str, bool, tuple[str, ...]]] = {
@@ -194,7 +194,7 @@ def _get_path(obj: Any, path: str) -> Any:
     return obj
 
 
-def _set_path(obj: dict[str, Any], path: str, value: Any) -> None:
+def set_config_path(obj: dict[str, Any], path: str, value: Any) -> None:
     parts = path.split(".")
     for part in parts[:-1]:
         obj = obj.setdefault(part, {})
@@ -323,7 +323,7 @@ class Applier:
                 # The engine replaces an ignored path's new input with the old one before the
                 # diff. (The provider then sends the live value where it still owns the field;
                 # sending the old input is the same while no other manager changed it.)
-                _set_path(desired, p, copy.deepcopy(_get_path(old, p)))
+                set_config_path(desired, p, copy.deepcopy(_get_path(old, p)))
         step = Step(r.urn, desired["kind"], desired["metadata"]["name"], "create")
         if old is not None:
             diff = changed_paths(old, desired)

@@ -27,9 +27,10 @@ from typing import Any
 import docker
 import docker.errors
 
-from components import caddy, contract
+from components import contract
 from components.contract import DOCKER_MIN_API
-from components.render import Rendered, load_stack_config, render
+from components.docker import caddy
+from openhands_cli.render import Rendered, load_stack_config, render
 from tests.harness import ci
 from tests.harness.agent_server import free_port
 from tests.harness.caddy_proxy import LoopbackHTTPS

@@ -80,7 +80,7 @@ class EngineProject:
 
     def openhands(self, *args: str, input: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "components.operator", *args], cwd=self.dir, env=self.env, input=input,
+            [sys.executable, "-m", "openhands_cli.main", *args], cwd=self.dir, env=self.env, input=input,
             capture_output=True, text=True, timeout=timeout,
         )
 
@@ -126,7 +126,7 @@ def engine_project(pulumi_bin: Path, tmp_path: Path) -> Iterator[EngineProject]:
         "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "NO_COLOR": "1",
         # These tests drive the engine itself (its plugin errors, its state): the operator's preflight
-        # (components/preflight.py) would stop most of them first. tests/operator/test_doctor.py removes this.
+        # (openhands_cli/preflight.py) would stop most of them first. tests/operator/test_doctor.py removes this.
         "OPENHANDS_SKIP_PREFLIGHT": "1",
     })
     yield EngineProject(project, env)
@@ -136,7 +136,7 @@ def engine_project(pulumi_bin: Path, tmp_path: Path) -> Iterator[EngineProject]:
 
 
 def _session(stack: str):
-    from components import operator
+    from openhands_cli import main as operator
 
     project = operator.find_project()
     s = operator.settings(project)
@@ -173,7 +173,8 @@ def _modal_app(stack: str, op: str) -> int:
     import pulumi
     from pulumi.automation import errors
 
-    from components import config, contract, modal_deploy
+    from components import config, contract
+    from components.modal import deploy as modal_deploy
 
     session = _session(stack)
     values = session.stack.get_all_config()

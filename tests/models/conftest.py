@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.render import Rendered, render
+from openhands_cli.render import Rendered, render
 
 THREE = ["alice", "bob", "carol"]
 

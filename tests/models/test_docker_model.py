@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from components import caddy, contract
-from components import render as render_mod
+from components import contract
 from components.config import ConfigError
 from components.contract import DOCKER_MIN_API
-from components.render import Rendered, load_stack_config, render
+from components.docker import caddy
+from openhands_cli import render as render_mod
+from openhands_cli.render import Rendered, load_stack_config, render
 from tests.harness.agent_server import free_port
 from tests.harness.docker_apply import CONTAINER, FIELD_MIN_API, IMAGE, NETWORK, VOLUME, _version
 
@@ -65,9 +66,9 @@ def test_proxy_publishes_on_loopback_unless_bind_address_says_otherwise(three: R
 
 
 def test_bind_address_must_be_an_ip_and_nothing_is_registered():
-    with pytest.raises(ConfigError, match=r"docker\.bindAddress: 'my-laptop' is not an IP address"):
+    with pytest.raises(ConfigError, match=r"docker\.bindAddress: 'my-laptop' is not an IP address") as info:
         render("local", overrides={"docker.bindAddress": "my-laptop"})
-    assert render_mod.last_resources == []
+    assert render_mod.registered_before(info.value) == []
 
 
 def test_vm_proxy_stays_public_by_default():

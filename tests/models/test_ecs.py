@@ -16,9 +16,11 @@ import botocore.session
 import pytest
 from botocore.validate import ParamValidator
 
-from components import contract, render
-from components.config import WORLD, ConfigError
-from components.render import RESOURCE_OUTPUTS, Rendered, Resource
+from components import contract
+from components.config import ConfigError
+from components.contract import WORLD_CIDRS as WORLD
+from openhands_cli import render
+from openhands_cli.render import RESOURCE_OUTPUTS, Rendered, Resource
 
 DOMAIN = "agents.example.com"
 ZONE = "Z0123456789ABCDEFGHIJ"
@@ -141,7 +143,7 @@ def test_task_definition_follows_the_contract(rendered: Rendered) -> None:
         assert c["healthCheck"]["command"][0] in ("CMD", "CMD-SHELL")
         assert 0 < c["healthCheck"]["startPeriod"] <= 300
         assert c["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
-        # /tmp stays writable: the root FS is not read-only (see components/ecs.py).
+        # /tmp stays writable: the root FS is not read-only (see components/ecs/service.py).
         assert c["readonlyRootFilesystem"] is False
         assert c["mountPoints"] == [{"sourceVolume": "state", "containerPath": contract.DATA_DIR, "readOnly": False}]
         (volume,) = td.inputs["volumes"]
@@ -280,7 +282,7 @@ def mocked_arn_listener(r: Rendered) -> str:
 
 
 def test_rule_priorities_stay_put_when_tenants_are_added() -> None:
-    from components.ecs import rule_priorities
+    from components.ecs.service import rule_priorities
 
     before = rule_priorities(THREE)
     after = rule_priorities(["zeta", *THREE, "delta"])

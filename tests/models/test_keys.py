@@ -11,7 +11,7 @@ import pytest
 
 from components import contract
 from components.keys import keys_checksum
-from components.render import Rendered, fake_secret, render
+from openhands_cli.render import Rendered, fake_secret, render
 
 APP = "pulumi-python:dynamic/modal:App"
 PASSWORD = "random:index/randomPassword:RandomPassword"

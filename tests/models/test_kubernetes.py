@@ -24,7 +24,7 @@ import pytest
 from components import contract
 from components.config import ConfigError
 from components.kubernetes import SUPPORTED_K8S_VERSIONS
-from components.render import Rendered, imported_sdks_for, render
+from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness import checkov_runner
 from tests.harness.kube_apply import whole_numbers
 
@@ -376,7 +376,7 @@ BAD = {
 
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_config_is_a_config_error_with_nothing_registered(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from components import render as render_mod
+    from openhands_cli import render as render_mod
 
     monitors: list[Any] = []
 
@@ -460,7 +460,7 @@ def test_server_runs_on_a_read_only_root_with_the_rendered_scratch_dirs(one: Ren
     with open(log, "wb") as out:
         proc = subprocess.Popen(["unshare", "-m", "sh", "-c", script], env=full_env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    server = agent_server.AgentServer(process=proc, port=port, workdir=workdir, env=full_env, log=log)
+    server = agent_server.RunningServer(process=proc, port=port, workdir=workdir, env=full_env, log=log)
     try:
         agent_server.wait_ready(server)
         assert server.get(c["readinessProbe"]["httpGet"]["path"])[0] == 200
@@ -514,22 +514,22 @@ def test_two_stacks_side_by_side_share_no_name() -> None:
 
 def test_another_project_gets_other_names_and_long_ones_are_shortened_stably() -> None:
     from components.config import KubernetesSettings
-    from components.kubernetes import MAX_PREFIX, name_prefix
+    from components.config.kubernetes import MAX_PREFIX
 
     settings = KubernetesSettings.model_validate({"domain": "example.com", "tls": {"clusterIssuer": "x"}})
-    assert name_prefix(settings, "openhands", "prod") == "openhands-prod"
-    assert name_prefix(settings, "acme-agents", "prod") == "openhands-acme-agents-prod"
+    assert settings.object_prefix("openhands", "prod") == "openhands-prod"
+    assert settings.object_prefix("acme-agents", "prod") == "openhands-acme-agents-prod"
     stack = "feature-branch-with-a-very-long-name"
-    long = name_prefix(settings, "openhands", stack)
-    assert len(long) <= MAX_PREFIX and long == name_prefix(settings, "openhands", stack)  # stable
-    assert long != name_prefix(settings, "openhands", stack + "2")  # the hash tells them apart
+    long = settings.object_prefix("openhands", stack)
+    assert len(long) <= MAX_PREFIX and long == settings.object_prefix("openhands", stack)  # stable
+    assert long != settings.object_prefix("openhands", stack + "2")  # the hash tells them apart
     label = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
     for project, stack in (("OpenHands_Deploy", "Prod.EU"), ("openhands", "x" * 90), ("openhands", "dev--1")):
-        p = name_prefix(settings, project, stack)
+        p = settings.object_prefix(project, stack)
         assert len(p) <= MAX_PREFIX and label.match(p), p
     pinned = KubernetesSettings.model_validate({"domain": "example.com", "tls": {"clusterIssuer": "x"},
                                                 "namePrefix": "agent"})
-    assert name_prefix(pinned, "openhands", "prod") == "agent"  # the names of earlier releases
+    assert pinned.object_prefix("openhands", "prod") == "agent"  # the names of earlier releases
 
 
 def test_longest_names_fit_kubernetes_limits() -> None:
@@ -692,7 +692,7 @@ def test_gateway_variants_built_in_objects_pass_kubernetes_validate_strict(overr
 
 @pytest.mark.parametrize("overrides", [CREATED, EXISTING], ids=["created", "existing"])
 def test_gateway_stacks_pass_the_policy_pack(overrides: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
-    from components import check
+    from openhands_cli import check
 
     argv = ["-s", STACK, "--json"]
     for key, value in overrides.items():
@@ -745,14 +745,14 @@ GATEWAY_BAD = {
 
 @pytest.mark.parametrize("case", list(GATEWAY_BAD))
 def test_bad_gateway_config_is_one_config_error_naming_the_key(case: str) -> None:
-    from components import render as render_mod
+    from openhands_cli import render as render_mod
 
     overrides, message = GATEWAY_BAD[case]
     with pytest.raises(ConfigError) as exc:
         render_gw(overrides)
     problems = [ln for ln in str(exc.value).splitlines() if ln.startswith("  - ")]
     assert len(problems) == 1 and message in problems[0], str(exc.value)
-    assert not [x for x in render_mod.last_resources if x.type.startswith("kubernetes:")]
+    assert not [x for x in render_mod.registered_before(exc.value) if x.type.startswith("kubernetes:")]
 
 
 def test_node_selector_and_tolerations_place_every_tenants_pod() -> None:

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 
 from components import contract
-from components.render import Rendered, imported_sdks_for, render
+from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness import env_of
 from tests.harness.agent_server import free_port
 

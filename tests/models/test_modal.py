@@ -22,9 +22,8 @@ from pulumi.dynamic.dynamic import serialize_provider
 from pulumi.runtime import rpc
 
 from components import contract
-from components import render as r
 from components.config import ConfigError
-from components.modal_app import (
+from components.modal.app import (
     STARTUP_TIMEOUT_ENV,
     WEB_PORT_ENV,
     AgentServer,
@@ -32,8 +31,9 @@ from components.modal_app import (
     build_app,
     image_env,
 )
-from components.modal_deploy import ModalAppProvider, ModalClient
-from components.render import Rendered, imported_sdks_for, render
+from components.modal.deploy import ModalAppProvider, ModalClient
+from openhands_cli import render as r
+from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness.agent_server import ROOT
 
 APP = "pulumi-python:dynamic/modal:App"
@@ -186,7 +186,8 @@ def test_modal_program_imports_neither_aws_nor_kubernetes():
 def fails(**overrides) -> str:
     with pytest.raises(ConfigError) as info:
         render("modal", overrides=overrides)
-    assert r.last_resources == [], f"registered before the config error: {[x.name for x in r.last_resources]}"
+    registered = r.registered_before(info.value)
+    assert registered == [], f"registered before the config error: {[x.name for x in registered]}"
     assert isinstance(info.value, pulumi.RunError)
     return str(info.value)
 
@@ -299,7 +300,7 @@ def test_scale_to_zero_and_canvas_ui(tmp_path, monkeypatch):
 
 def test_module_level_app_for_modal_deploy(one: Rendered):
     spec = json.dumps(one.outputs["modalSpecs"]["default"])
-    code = "import components.modal_app as m; print(m.app.name)"
+    code = "import components.modal.app as m; print(m.app.name)"
     ok = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                         env={"PATH": "/usr/bin:/bin", "OPENHANDS_MODAL_SPEC": spec})
     assert ok.returncode == 0, ok.stderr
@@ -361,7 +362,7 @@ def test_container_discovers_serve_as_a_web_server(one: Rendered):
 
 def test_provider_pickles_by_reference():
     p = dill.loads(base64.b64decode(serialize_provider(ModalAppProvider())))
-    assert type(p).__module__ == "components.modal_deploy" and p.client is None
+    assert type(p).__module__ == "components.modal.deploy" and p.client is None
 
 
 def test_create_puts_secret_volume_and_deploys(one: Rendered):

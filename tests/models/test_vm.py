@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components import caddy, cloud_init, contract
-from components import render as render_mod
+from components import contract
 from components.config import ConfigError, VmSettings
-from components.render import Rendered, imported_sdks_for, render
-from components.vm import ami_filter, sslip_host
+from components.docker import caddy, cloud_init
+from components.docker.vm import ami_filter, sslip_host
+from openhands_cli import render as render_mod
+from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness import env_of
 from tests.harness.agent_server import free_port
 from tests.harness.ci import unavailable
@@ -100,7 +101,7 @@ def test_user_data_sets_up_the_data_disk_and_docker(three: Rendered):
 
 
 def cloud_init_tag() -> str:
-    from components.vm import SNAPSHOT_TAG
+    from components.docker.vm import SNAPSHOT_TAG
 
     return SNAPSHOT_TAG
 
@@ -271,12 +272,11 @@ def test_admin_cidr_errors_are_clear_and_register_nothing(admin, message):
         rendered = render("vm", overrides={"docker.vm.adminCidrs": admin})
         assert ingress_by_port(rendered)[22] == {"203.0.113.7/32"}
         return
-    render_mod.last_resources = []
     with pytest.raises(ConfigError) as exc:
         render("vm", overrides={"docker.vm.adminCidrs": admin})
     text = str(exc.value)
     assert "openhands:docker.vm.adminCidrs" in text and message in text, text
-    assert render_mod.last_resources == [], "a config error must register nothing"
+    assert render_mod.registered_before(exc.value) == [], "a config error must register nothing"
 
 
 @pytest.mark.parametrize(

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from components import cloud_init
-from components.render import Rendered, render
+from components.docker import cloud_init
+from openhands_cli.render import Rendered, render
 
 INSTANCE = "aws:ec2/instance:Instance"
 ATTACHMENT = "aws:ec2/volumeAttachment:VolumeAttachment"

@@ -1,4 +1,4 @@
-"""``python -m components check``: every shipped stack passes; a violating program fails, with a useful report."""
+"""``openhands check``: every shipped stack passes; a violating program fails, with a useful report."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from components import check
-from components.render import stack_names
+import policy
+from components.contract import stack_names
+from openhands_cli import check
 from tests.harness.ci import unavailable
 from tests.harness.policy_fixtures import bad_program
 
@@ -44,7 +45,7 @@ def test_every_shipped_stack_passes_the_mandatory_policies(stack: str, capsys: p
     for tenant, sec in report["tenants"].items():
         assert sec["url"] and sec["url"].startswith("https://"), (tenant, sec["url"])
         assert sec["resources"], f"no resources attributed to tenant {tenant}"
-    assert len(report["policies"]) == len(check.load_policies().POLICIES)
+    assert len(report["policies"]) == len(policy.POLICIES)
     # Every validator that applies to the stack ran on something.
     ran = {v["validator"] for sec in [*report["tenants"].values(), report["shared"]] for v in sec["validators"]}
     assert {n for n, note in report["validators"].items() if "skipped" not in note} <= ran
@@ -117,9 +118,13 @@ def test_config_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and "no stack file" in capsys.readouterr().err
 
 
-def test_cli_entry_point() -> None:
-    proc = subprocess.run([sys.executable, "-m", "components", "check", "-s", "local"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("entry", [["openhands"], ["-m", "openhands_cli"], ["-m", "components"]],
+                         ids=["console script", "module", "one-release shim"])
+def test_cli_entry_point(entry: list[str]) -> None:
+    argv = [str(Path(sys.executable).parent / entry[0])] if entry == ["openhands"] else [sys.executable, *entry]
+    proc = subprocess.run([*argv, "check", "-s", "local"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "tenant default  https://default.localhost:8443" in proc.stdout
     assert "result: PASS" in proc.stdout
+    # The old spelling says what replaces it; the new ones print no such note.
+    assert ("is now `openhands check`" in proc.stderr) == (entry == ["-m", "components"])

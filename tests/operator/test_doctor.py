@@ -1,4 +1,4 @@
-"""The preflight (components/preflight.py, `openhands doctor`): each check's failing and passing case.
+"""The preflight (openhands_cli/preflight.py, `openhands doctor`): each check's failing and passing case.
 
 Real where we have the real thing: the Docker engine (tests/harness/real_docker.py), the throwaway Kubernetes
 API server (tests/harness/real_kube.py; a restricted user is a ServiceAccount token), ssh-keygen and
@@ -25,8 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from components import config, operator, preflight
-from components.render import _set_path, load_stack_config, render
+from components import config
+from openhands_cli import main as operator
+from openhands_cli import preflight, workspace
+from openhands_cli.render import load_stack_config, render, set_config_path
 from tests.harness import ci
 from tests.harness.agent_server import free_port
 
@@ -39,7 +41,7 @@ def cfg_of(stack: str, overrides: dict[str, Any] | None = None, secret: set[str]
     """The stack's parsed config, with dotted overrides (None removes a key), as load_inputs parses it."""
     raw = load_stack_config(stack)
     for key, value in (overrides or {}).items():
-        _set_path(raw, key, value)
+        set_config_path(raw, key, value)
     plain = {k.split(":", 1)[1]: v for k, v in raw.items() if k.startswith("openhands:")}
     return config.parse(plain, set(secret), stack)
 
@@ -85,7 +87,7 @@ def test_python_check_against_the_pin(tmp_path: Path) -> None:
 def test_pulumi_cli_missing_old_and_recent(tmp_path: Path) -> None:
     missing, exe = preflight.check_cli(lambda _: None)
     assert (missing.ok, exe) == (False, None)
-    assert missing.fix == operator.INSTALL_HINT and "no `pulumi` on PATH" in missing.found
+    assert missing.fix == workspace.INSTALL_HINT and "no `pulumi` on PATH" in missing.found
     fake = tmp_path / "pulumi"
     for version, ok in (("v3.100.0", False), ("v3.276.0", True)):
         fake.write_text(f"#!/bin/sh\necho {version}\n")
@@ -99,13 +101,13 @@ def test_pulumi_cli_missing_old_and_recent(tmp_path: Path) -> None:
 def test_doctor_without_the_cli_names_the_install_line_and_exits_2(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path), "OPENHANDS_PROJECT_DIR": str(ROOT), "DOCKER_HOST": "unix:///nonexistent"}
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "components.operator", "doctor", "-s", "local"], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "openhands_cli.main", "doctor", "-s", "local"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert time.monotonic() - t0 < 60
     lines = proc.stdout.splitlines()
     assert lines[0] == "preflight of stack 'local':"
-    assert f"FAIL  Pulumi CLI (>= 3.259.0): no `pulumi` on PATH -> fix: {operator.INSTALL_HINT}" in lines
+    assert f"FAIL  Pulumi CLI (>= 3.259.0): no `pulumi` on PATH -> fix: {workspace.INSTALL_HINT}" in lines
     assert "warn  plugin docker 5.2.0: not checked: no usable Pulumi CLI" in lines
     assert any(ln.startswith("FAIL  Docker engine: unix:///nonexistent did not answer") for ln in lines)
     assert proc.stderr.startswith("error: preflight: 2 check(s) failed (Pulumi CLI (>= 3.259.0), Docker engine)")

@@ -1,4 +1,4 @@
-"""The operator CLI (components/operator.py) without an engine: arguments, settings and every message."""
+"""The operator CLI (openhands_cli/main.py) without an engine: arguments, settings and every message."""
 
 from __future__ import annotations
 
@@ -13,13 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from components import operator
+from components import contract
+from openhands_cli import main as operator
+from openhands_cli import workspace
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components.operator", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "openhands_cli.main", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -56,7 +58,7 @@ def test_usage_errors(argv: list[str], code: int, text: str, capsys: pytest.Capt
 def test_unknown_stack_lists_the_shipped_ones(capsys: pytest.CaptureFixture[str]) -> None:
     assert operator.main(["preview", "-s", "staging"]) == 2
     err = capsys.readouterr().err
-    shipped = ", ".join(sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml")))
+    shipped = ", ".join(contract.stack_names())
     assert err == f"error: no stacks/Pulumi.staging.yaml; the shipped stacks: {shipped}\n"
     assert "local" in shipped and "prod" in shipped
     assert operator.main(["preview", "-s", "../etc"]) == 2
@@ -67,7 +69,7 @@ def test_console_script_is_declared() -> None:
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["openhands"] == "components.operator:main"
+    assert project["project"]["scripts"]["openhands"] == "openhands_cli.main:main"
 
 
 # --------------------------------------------------------------------------- prerequisites
@@ -102,14 +104,14 @@ def test_project_is_found_from_a_subdirectory(tmp_path: Path, monkeypatch: pytes
 
 
 def test_passphrase_file_is_created_once_with_mode_0600(tmp_path: Path) -> None:
-    path = operator.ensure_passphrase(tmp_path / "d" / "passphrase")
+    path = workspace.ensure_passphrase(tmp_path / "d" / "passphrase")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     first = path.read_text()
     assert len(first.strip()) >= 40
-    assert operator.ensure_passphrase(path).read_text() == first
+    assert workspace.ensure_passphrase(path).read_text() == first
     path.chmod(0o644)
     with pytest.raises(operator.OperatorError, match=r"readable by others \(mode 0644\).*chmod 600"):
-        operator.ensure_passphrase(path)
+        workspace.ensure_passphrase(path)
 
 
 def test_settings_use_the_project_backend_and_passphrase_file(tmp_path: Path) -> None:
@@ -133,7 +135,7 @@ def test_settings_respect_the_users_backend_and_passphrase(tmp_path: Path) -> No
 
 
 def test_gitignore_covers_the_local_dir() -> None:
-    assert f"{operator.LOCAL_DIR}/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert f"{workspace.LOCAL_DIR}/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 # --------------------------------------------------------------------------- Canvas values
@@ -257,7 +259,7 @@ def test_empty_passphrase_file_is_refused(tmp_path: Path) -> None:
     path.write_text("\n")
     path.chmod(0o600)
     with pytest.raises(operator.OperatorError, match="is empty; delete it only if no stack uses it yet"):
-        operator.ensure_passphrase(path)
+        workspace.ensure_passphrase(path)
 
 
 def test_unreadable_stack_file_is_one_message(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import yaml
 
 from components import contract, promotion
 from components.config import ConfigError
-from components.render import load_stack_config, render, stack_file
+from openhands_cli.render import assumed_stack_outputs, load_stack_config, render, stack_file
 
 DEV = "organization/openhands/dev"  # prod's promotion.fromStack
 DIGEST = "ghcr.io/openhands/agent-server@sha256:" + "4f" * 32
@@ -136,8 +136,8 @@ def test_stack_pair_is_one_model_dev_small_prod_sized_up():
 
 
 def test_offline_check_of_prod_assumes_dev_runs_its_configured_image():
-    assumed = promotion.assumed_stack_outputs("prod")
+    assumed = assumed_stack_outputs("prod")
     assert assumed == {DEV: {"image": load_stack_config("dev")["openhands:image"],
                              "contractVersion": contract.CONTRACT_VERSION}}
-    assert promotion.assumed_stack_outputs("dev") == {}
+    assert assumed_stack_outputs("dev") == {}
     assert render("prod", stack_outputs=assumed).outputs["image"] == load_stack_config("dev")["openhands:image"]

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from components import contract, smoke
+from components import contract
+from openhands_cli import smoke
 from tests.harness.agent_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +37,7 @@ def outputs_json(urls: dict[str, str], keys: dict[str, str]) -> str:
 
 
 def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "components", "smoke", *args], input=stdin, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "openhands_cli", "smoke", *args], input=stdin, cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.render import stack_names
+from components.contract import stack_names
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -76,7 +76,7 @@ def test_common_setup_secrets_and_pinned_actions(path):
     text = path.read_text()
     assert "echo ${{ secrets" not in text and "echo \"${{ secrets" not in text
     joined = " ".join(" ".join(runs(job) for job in wf["jobs"].values()).replace("\\\n", " ").split())
-    assert joined.count("--show-secrets") == joined.count("--show-secrets | uv run --frozen python -m components smoke")
+    assert joined.count("--show-secrets") == joined.count("--show-secrets | uv run --frozen openhands smoke")
 
 
 def test_pull_request_checks_every_stack_then_previews_dev_and_prod_with_policies_and_comment():
@@ -84,7 +84,7 @@ def test_pull_request_checks_every_stack_then_previews_dev_and_prod_with_policie
     assert list(wf["on"]) == ["pull_request"]
     check, preview = wf["jobs"]["check"], wf["jobs"]["preview"]
     assert "for file in stacks/Pulumi.*.yaml" in runs(check)
-    assert 'python -m components check -s "$stack"' in runs(check)
+    assert 'openhands check -s "$stack"' in runs(check)
     assert {"dev", "prod"} <= set(stack_names())  # what the loop will find
     assert preview["needs"] == "check"
     assert [i["stack"] for i in preview["strategy"]["matrix"]["include"]] == ["dev", "prod"]
@@ -104,7 +104,7 @@ def test_merge_to_main_updates_dev_then_smoke_tests_it():
     assert up["with"]["command"] == "up" and up["with"]["stack-name"] == "${{ env.STACK }}"
     assert wf["env"]["STACK"].endswith("/openhands/dev")
     assert names.index("Smoke test dev") > names.index("pulumi up -s dev")
-    assert "python -m components smoke -s dev" in runs(job)
+    assert "openhands smoke -s dev" in runs(job)
     assert wf["concurrency"]["cancel-in-progress"] is False  # never cancel a running up
 
 

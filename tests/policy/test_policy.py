@@ -16,9 +16,9 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 
 import policy
-from components import render
-from components.promotion import assumed_stack_outputs
-from components.render import Resource
+from components import contract
+from openhands_cli import render
+from openhands_cli.render import Resource, assumed_stack_outputs
 from policy import offline
 from tests.harness.policy_fixtures import Fixture, all_fixtures
 
@@ -30,9 +30,18 @@ def fixture_resource(f: Fixture, typ: str = "", name: str = "", props: dict | No
     """A fixture as a rendered resource, so it reaches the policies through check's engine-shaped request."""
     typ, name = typ or f.type, name or f.name
     props = f.props if props is None else props
-    return Resource(type=typ, name=name, urn=f"urn:pulumi:test::openhands::{typ}::{name}", custom=True,
-                    inputs=props, raw_inputs=props, secret_paths=[], parent="", protect=f.protect,
-                    additional_secret_outputs=list(f.additional_secret_outputs))
+    return Resource(
+        type=typ,
+        name=name,
+        urn=f"urn:pulumi:test::openhands::{typ}::{name}",
+        custom=True,
+        inputs=props,
+        raw_inputs=props,
+        secret_paths=[],
+        parent="",
+        protect=f.protect,
+        additional_secret_outputs=list(f.additional_secret_outputs),
+    )
 
 
 def run_fixture(f: Fixture) -> list[str]:
@@ -42,8 +51,9 @@ def run_fixture(f: Fixture) -> list[str]:
         resources = [fixture_resource(f)]
     else:
         resources = [fixture_resource(f, t, n, p) for t, n, p in f.stack]
-    violations, _ = offline.run_policies(resources, {f.policy: (None, dict(f.config or {}))},
-                                         policies=[policy.BY_NAME[f.policy]])
+    violations, _ = offline.run_policies(
+        resources, {f.policy: (None, dict(f.config or {}))}, policies=[policy.BY_NAME[f.policy]]
+    )
     return [v.message for v in violations]
 
 
@@ -101,8 +111,7 @@ def _analyze(servicer: _PolicyAnalyzerServicer, f: Fixture) -> list[analyzer_pb2
 
 def test_the_real_analyzer_reports_what_the_fixtures_expect() -> None:
     """pulumi-policy's own gRPC servicer (what `pulumi preview --policy-pack` talks to), without serving."""
-    servicer = _PolicyAnalyzerServicer(policy.PACK_NAME, "0.1.0", policy.POLICIES,
-                                       EnforcementLevel.MANDATORY)
+    servicer = _PolicyAnalyzerServicer(policy.PACK_NAME, "0.1.0", policy.POLICIES, EnforcementLevel.MANDATORY)
     engine_visible = [f for f in FIXTURES if f.stack is None and not f.config]
     assert len(engine_visible) > 40
     assert any(f.additional_secret_outputs for f in engine_visible) and any(f.protect for f in engine_visible)
@@ -114,8 +123,12 @@ def test_the_real_analyzer_reports_what_the_fixtures_expect() -> None:
     [diag] = [d for d in _analyze(servicer, latest) if d.policyName == "image-pinned"]
     assert diag.enforcementLevel == analyzer_pb2.ADVISORY
     prod = json.loads((POLICY_DIR / "config.prod.json").read_text())
-    servicer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
-        name: analyzer_pb2.PolicyConfig(enforcementLevel=analyzer_pb2.MANDATORY) for name in prod}), None)
+    servicer.Configure(
+        analyzer_pb2.ConfigureAnalyzerRequest(
+            policyConfig={name: analyzer_pb2.PolicyConfig(enforcementLevel=analyzer_pb2.MANDATORY) for name in prod}
+        ),
+        None,
+    )
     [diag] = [d for d in _analyze(servicer, latest) if d.policyName == "image-pinned"]
     assert diag.enforcementLevel == analyzer_pb2.MANDATORY
 
@@ -129,7 +142,7 @@ def test_main_only_builds_the_pack(monkeypatch: pytest.MonkeyPatch) -> None:
         built.update(kwargs)
 
     monkeypatch.setattr(pulumi_policy, "PolicyPack", fake_pack)
-    monkeypatch.syspath_prepend(str(POLICY_DIR))
+    monkeypatch.syspath_prepend(str(POLICY_DIR))  # as `python __main__.py` in policy/ has it: its folder first
     runpy.run_path(str(POLICY_DIR / "__main__.py"), run_name="__main__")
     assert built["name"] == "openhands-guardrails"
     assert [p.name for p in built["policies"]] == [p.name for p in policy.POLICIES]
@@ -147,27 +160,38 @@ def test_policies_import_without_the_repo_on_path(tmp_path: Path) -> None:
     import subprocess
 
     code = "import policy, policy.offline; print(len(policy.POLICIES))"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=POLICY_DIR, capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""}, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=POLICY_DIR,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": ""},
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == len(policy.POLICIES)
 
 
-@pytest.mark.parametrize("stack", render.stack_names())
+@pytest.mark.parametrize("stack", contract.stack_names())
 def test_rendered_stacks_pass_the_real_analyzer(stack: str) -> None:
     """What `pulumi preview --policy-pack policy` would say: send each rendered resource, as the engine's
     AnalyzeRequest (offline.analyze_request: secret envelopes, additionalSecretOutputs, protect, parent,
     provider), to pulumi-policy's servicer configured like the stack's environment; and the offline analyzer
     (`check` reports through it) gives exactly the resource-policy diagnostics the servicer gives."""
     rendered = render.render(stack, stack_outputs=assumed_stack_outputs(stack))
-    servicer = _PolicyAnalyzerServicer(policy.PACK_NAME, "0.1.0", policy.POLICIES,
-                                       EnforcementLevel.MANDATORY)
+    servicer = _PolicyAnalyzerServicer(policy.PACK_NAME, "0.1.0", policy.POLICIES, EnforcementLevel.MANDATORY)
     config_path = offline.default_config_file(stack)
     if config_path is not None:
         levels = {"advisory": analyzer_pb2.ADVISORY, "mandatory": analyzer_pb2.MANDATORY}
-        servicer.Configure(analyzer_pb2.ConfigureAnalyzerRequest(policyConfig={
-            name: analyzer_pb2.PolicyConfig(enforcementLevel=levels[level])
-            for name, level in json.loads(config_path.read_text()).items()}), None)
+        servicer.Configure(
+            analyzer_pb2.ConfigureAnalyzerRequest(
+                policyConfig={
+                    name: analyzer_pb2.PolicyConfig(enforcementLevel=levels[level])
+                    for name, level in json.loads(config_path.read_text()).items()
+                }
+            ),
+            None,
+        )
     by_urn = {r.urn: r for r in rendered.resources}
     names = {analyzer_pb2.ADVISORY: "advisory", analyzer_pb2.MANDATORY: "mandatory"}
     engine = []
@@ -175,9 +199,15 @@ def test_rendered_stacks_pass_the_real_analyzer(stack: str) -> None:
         if r.type.startswith("pulumi:providers:"):
             continue
         # The servicer puts the policy's description before the message reported.
-        engine += [(d.policyName, names[d.enforcementLevel], r.urn,
-                    d.message.removeprefix(policy.BY_NAME[d.policyName].description + "\n"))
-                   for d in servicer.Analyze(offline.analyze_request(r, by_urn), None).diagnostics]
+        engine += [
+            (
+                d.policyName,
+                names[d.enforcementLevel],
+                r.urn,
+                d.message.removeprefix(policy.BY_NAME[d.policyName].description + "\n"),
+            )
+            for d in servicer.Analyze(offline.analyze_request(r, by_urn), None).diagnostics
+        ]
     assert [e for e in engine if e[1] == "mandatory"] == []
     # The offline analyzer (what check runs) agrees with the real servicer, advisories included.
     config = offline.read_policy_config(config_path, [p.name for p in policy.POLICIES])
@@ -195,8 +225,9 @@ def test_pack_serves_over_grpc_like_pulumi_runs_it() -> None:
     from google.protobuf import empty_pb2
     from pulumi.runtime.proto import analyzer_pb2_grpc
 
-    proc = subprocess.Popen([sys.executable, "__main__.py"], cwd=POLICY_DIR, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "__main__.py"], cwd=POLICY_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         port = int(proc.stdout.readline())
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -208,8 +239,10 @@ def test_pack_serves_over_grpc_like_pulumi_runs_it() -> None:
             hand = next(f for f in FIXTURES if f.id == "hand-written-ssh-world")
             props = struct_pb2.Struct()
             props.update(hand.props)
-            response = stub.Analyze(analyzer_pb2.AnalyzeRequest(type=hand.type, properties=props, urn="urn:x::vm-sg",
-                                                                name="vm-sg"), timeout=30)
+            response = stub.Analyze(
+                analyzer_pb2.AnalyzeRequest(type=hand.type, properties=props, urn="urn:x::vm-sg", name="vm-sg"),
+                timeout=30,
+            )
             [diag] = response.diagnostics
             assert diag.policyName == "no-world-open-ports" and diag.enforcementLevel == analyzer_pb2.MANDATORY
             assert "port 22" in diag.message and "Fix:" in diag.message

@@ -21,7 +21,7 @@ SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:default-keys-
 
 
 def container(**extra: Any) -> dict[str, Any]:
-    """The agent-server container as components/ecs.py renders it."""
+    """The agent-server container as components/ecs/service.py renders it."""
     c: dict[str, Any] = {
         "name": contract.ROLE,
         "image": contract.DEFAULT_IMAGE,

@@ -1,4 +1,4 @@
-"""Docker fixtures: containers and volumes as components/docker.py renders them, and as
+"""Docker fixtures: containers and volumes as components/docker/local.py renders them, and as
 people write them by hand (ports published straight from the agent server, keys in env)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Modal fixtures: the dynamic resource of components/modal_deploy.py (``pulumi-python:dynamic/modal:App``)
+"""Modal fixtures: the dynamic resource of components/modal/deploy.py (``pulumi-python:dynamic/modal:App``)
 and a generic ``pulumi-python:dynamic:Resource`` someone wrote around ``modal deploy``."""
 
 from __future__ import annotations

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from components import cloud_init, contract
+from components import contract
 from components.contract import DOCKER_MIN_API
+from components.docker import cloud_init
 from tests.harness import real_docker
 from tests.harness.caddy_proxy import http_redirect
 from tests.harness.docker_apply import CONTAINER, NETWORK, VOLUME, _version
@@ -144,7 +145,7 @@ def test_three_tenants_come_up_healthy_on_api_1_41(client, dep: Deployment):
 
 def test_the_engine_meets_the_minimum_and_our_boot_check_says_so(client, tmp_path: Path):
     """The real engine's own report (GET /version) against contract.DOCKER_MIN_API, and the VM's boot
-    check (components/cloud_init.py, the user data's API gate) run for real against it; the same
+    check (components/docker/cloud_init.py, the user data's API gate) run for real against it; the same
     gate refuses an engine below the minimum."""
     server = client.version()
     assert _version(server["ApiVersion"]) >= _version(DOCKER_MIN_API), server
@@ -218,7 +219,7 @@ def test_smoke_command_passes_for_every_tenant(dep: Deployment, tmp_path):
     outputs = tmp_path / "outputs.json"
     outputs.write_text(json.dumps(dep.rendered.outputs, default=str))
     proc = subprocess.run(
-        [sys.executable, "-m", "components", "smoke", "-s", dep.stack, "--outputs", str(outputs),
+        [sys.executable, "-m", "openhands_cli", "smoke", "-s", dep.stack, "--outputs", str(outputs),
          "--ca-file", str(dep.ca), "--timeout", "60"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,  # generous: CI shares 2 cores with other jobs
     )

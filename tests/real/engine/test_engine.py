@@ -28,7 +28,7 @@ from tests.harness.docs_commands import run_as_written, section_commands
 pytest_plugins = ["tests.harness.real_engine"]
 
 ROOT = Path(__file__).resolve().parents[3]
-STACKS = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (ROOT / "stacks").glob("Pulumi.*.yaml"))
+STACKS = contract.stack_names()
 BAD_TENANT = "Bad_Name"
 BAD_MESSAGE = f"openhands:tenants[0]: '{BAD_TENANT}' is not a valid tenant name"
 
@@ -251,7 +251,7 @@ def test_down_refuses_a_stack_whose_config_deletes_data(engine_project) -> None:
 
 
 def test_modal_dynamic_provider_runs_in_the_engines_provider_process(engine_project) -> None:
-    """Our Modal provider, pickled by reference to components.modal_deploy, is loaded by the engine's
+    """Our Modal provider, pickled by reference to components.modal.deploy, is loaded by the engine's
     `pulumi-resource-pulumi-python` (from scripts/engine) in its own process, from a project copy at
     another path. Only the app resource runs: the modal stack's keys need the random plugin."""
     preview = engine_project.helper("modal-app", "modal", "preview")

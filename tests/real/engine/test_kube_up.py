@@ -89,7 +89,7 @@ class Deployed:
     def names(self, tenant: str) -> dict[str, str]:
         data = self.data()["config"]
         cfg = parse({k.split(":", 1)[1]: json.dumps(v) for k, v in data.items()}, set(), self.stack)
-        return k8s_model.names(tenant, k8s_model.name_prefix(cfg.kubernetes, "openhands", self.stack))
+        return k8s_model.names(tenant, cfg.kubernetes.object_prefix("openhands", self.stack))
 
     def bind(self, tenant: str) -> None:
         """A volume for the tenant's claim to bind to (the cluster has no provisioner)."""

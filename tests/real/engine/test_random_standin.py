@@ -74,7 +74,7 @@ class RandomStack:
         """`up` of a program that the engine fails, in a fresh Python process (see _failing_up)."""
         pythonpath = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env = {**os.environ, **self.env, "PYTHONPATH": pythonpath}
-        return subprocess.run([sys.executable, "-m", "tests.test_random_standin", kind],
+        return subprocess.run([sys.executable, "-m", "tests.real.engine.test_random_standin", kind],
                               cwd=self.stack.workspace.work_dir, env=env, capture_output=True, text=True, timeout=300)
 
     def checkpoint(self) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 
 from components import contract
-from components.render import Rendered, render
+from openhands_cli.render import Rendered, render
 from tests.harness.kube_apply import Applier, ApplyError, Client, StackState
 
 ROOT = Path(__file__).resolve().parents[3]

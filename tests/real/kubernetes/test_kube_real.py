@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from components.render import Rendered, render
+from openhands_cli.render import Rendered, render
 from tests.harness.kube_apply import Applier, ApplyError, StackState, Step, UnknownResourceType, whole_numbers
 
 if TYPE_CHECKING:

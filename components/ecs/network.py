@@ -1,6 +1,6 @@
 """ECS model, network layer: the VPC (reused or created) and the three security groups.
 
-Kept apart from components/ecs.py so the address plan and the firewall rules can be
+Kept apart from components/ecs/service.py so the address plan and the firewall rules can be
 read (and reviewed) on their own.
 """
 
@@ -63,8 +63,23 @@ class Network(pulumi.ComponentResource):
             self.register_outputs({"vpcId": self.vpc_id, "created": False})
             return
 
-        azs = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOutputOptions(parent=self))
-        public_cidrs, private_cidrs = subnet_plan(settings.vpc_cidr)
+        self._vpc(name, settings, child)
+        self._subnets(name, settings, child)
+        self._public_routes(name, child)
+        self._private_routes(name, settings, child)
+        self.vpc_id = self.vpc.id
+        self.public_subnet_ids = [s.id for s in self.public_subnets]
+        self.private_subnet_ids = [s.id for s in self.private_subnets]
+        self.register_outputs(
+            {
+                "vpcId": self.vpc_id,
+                "publicSubnetIds": self.public_subnet_ids,
+                "privateSubnetIds": self.private_subnet_ids,
+            }
+        )
+
+    def _vpc(self, name: str, settings: EcsSettings, child: pulumi.ResourceOptions) -> None:
+        """The VPC, its default security group stripped of rules, and the internet gateway."""
         self.vpc = aws.ec2.Vpc(
             f"{name}-vpc",
             cidr_block=settings.vpc_cidr,
@@ -79,33 +94,33 @@ class Network(pulumi.ComponentResource):
         )
         self.igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=self.vpc.id, tags=stack_tags(), opts=child)
 
+    def _subnets(self, name: str, settings: EcsSettings, child: pulumi.ResourceOptions) -> None:
+        """A public and a private subnet in each of the first ``N_AZS`` available zones (subnet_plan)."""
+        azs = aws.get_availability_zones_output(state="available", opts=pulumi.InvokeOutputOptions(parent=self))
+        public_cidrs, private_cidrs = subnet_plan(settings.vpc_cidr)
+        stack = pulumi.get_stack()
+
+        def subnet(tier: str, i: int, cidr: str, az: pulumi.Output[str]) -> aws.ec2.Subnet:
+            return aws.ec2.Subnet(
+                f"{name}-{tier}-{i}",
+                vpc_id=self.vpc.id,
+                cidr_block=cidr,
+                availability_zone=az,
+                # Public too: only the ALB and NAT live there, with their own IPs.
+                map_public_ip_on_launch=False,
+                tags=stack_tags(Name=f"openhands-{stack}-{tier}-{i}", tier=tier),
+                opts=child,
+            )
+
         self.public_subnets: list[aws.ec2.Subnet] = []
         self.private_subnets: list[aws.ec2.Subnet] = []
         for i in range(N_AZS):
             az = azs.names.apply(lambda names, i=i: names[i])
-            self.public_subnets.append(
-                aws.ec2.Subnet(
-                    f"{name}-public-{i}",
-                    vpc_id=self.vpc.id,
-                    cidr_block=public_cidrs[i],
-                    availability_zone=az,
-                    map_public_ip_on_launch=False,  # only the ALB and NAT live here, with their own IPs
-                    tags=stack_tags(Name=f"openhands-{pulumi.get_stack()}-public-{i}", tier="public"),
-                    opts=child,
-                )
-            )
-            self.private_subnets.append(
-                aws.ec2.Subnet(
-                    f"{name}-private-{i}",
-                    vpc_id=self.vpc.id,
-                    cidr_block=private_cidrs[i],
-                    availability_zone=az,
-                    map_public_ip_on_launch=False,
-                    tags=stack_tags(Name=f"openhands-{pulumi.get_stack()}-private-{i}", tier="private"),
-                    opts=child,
-                )
-            )
+            self.public_subnets.append(subnet("public", i, public_cidrs[i], az))
+            self.private_subnets.append(subnet("private", i, private_cidrs[i], az))
 
+    def _public_routes(self, name: str, child: pulumi.ResourceOptions) -> None:
+        """One route table for the public subnets: the internet through the internet gateway."""
         self.public_route_table = aws.ec2.RouteTable(
             f"{name}-public-rt",
             vpc_id=self.vpc.id,
@@ -118,6 +133,9 @@ class Network(pulumi.ComponentResource):
                 f"{name}-public-rta-{i}", subnet_id=subnet.id, route_table_id=self.public_route_table.id, opts=child
             )
 
+    def _private_routes(self, name: str, settings: EcsSettings, child: pulumi.ResourceOptions) -> None:
+        """The NAT gateway(s) with their Elastic IPs, and a route table per private subnet to its NAT
+        (one shared, or the subnet's own with ``natGateways: perAz``)."""
         n_nat = N_AZS if settings.nat_gateways == "perAz" else 1
         for i in range(n_nat):
             eip = aws.ec2.Eip(f"{name}-nat-eip-{i}", domain="vpc", tags=stack_tags(), opts=child)
@@ -145,17 +163,6 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-rta-{i}", subnet_id=subnet.id, route_table_id=rt.id, opts=child
             )
 
-        self.vpc_id = self.vpc.id
-        self.public_subnet_ids = [s.id for s in self.public_subnets]
-        self.private_subnet_ids = [s.id for s in self.private_subnets]
-        self.register_outputs(
-            {
-                "vpcId": self.vpc_id,
-                "publicSubnetIds": self.public_subnet_ids,
-                "privateSubnetIds": self.private_subnet_ids,
-            }
-        )
-
 
 class SecurityGroups(pulumi.ComponentResource):
     """Least-privilege firewall, every rule its own resource so none hides inline:
@@ -168,6 +175,7 @@ class SecurityGroups(pulumi.ComponentResource):
     alb: aws.ec2.SecurityGroup
     tasks: aws.ec2.SecurityGroup
     efs: aws.ec2.SecurityGroup
+    rules: dict[str, aws.vpc.SecurityGroupIngressRule | aws.vpc.SecurityGroupEgressRule]
 
     def __init__(
         self,
@@ -179,10 +187,19 @@ class SecurityGroups(pulumi.ComponentResource):
     ) -> None:
         super().__init__("openhands:ecs:SecurityGroups", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
+        self._groups(name, vpc_id, child)
+        self.rules = {}
+        self._alb_rules(name, ingress_cidrs, child)
+        self._task_rules(name, child)
+        self._efs_rules(name, child)
+        self.register_outputs({"alb": self.alb.id, "tasks": self.tasks.id, "efs": self.efs.id})
+
+    def _groups(self, name: str, vpc_id: pulumi.Input[str], child: pulumi.ResourceOptions) -> None:
+        """The three groups, without inline rules: the provider then also removes AWS's default
+        allow-all egress, and each rule below is a resource of its own."""
         stack = pulumi.get_stack()
 
         def group(kind: str, description: str, **tags: str) -> aws.ec2.SecurityGroup:
-            # No inline rules: the provider then also removes AWS's default allow-all egress.
             return aws.ec2.SecurityGroup(
                 f"{name}-{kind}",
                 description=description,
@@ -197,58 +214,56 @@ class SecurityGroups(pulumi.ComponentResource):
         )
         self.efs = group("efs", "OpenHands EFS: NFS from agent-server tasks only")
 
-        self.rules: dict[str, aws.vpc.SecurityGroupIngressRule | aws.vpc.SecurityGroupEgressRule] = {}
+    def _rule(
+        self,
+        name: str,
+        key: str,
+        group: aws.ec2.SecurityGroup,
+        *,
+        egress: bool = False,
+        port: int | None = None,
+        peer: aws.ec2.SecurityGroup | None = None,
+        cidr: str | None = None,
+        description: str,
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """One rule of ``group``, as resource ``<name>-<key>`` kept in ``rules[key]``: ingress (or
+        ``egress``) on TCP ``port`` (every protocol and port when None), from or to the group
+        ``peer`` or the block ``cidr`` (IPv4 or IPv6)."""
+        v6 = cidr is not None and ipaddress.ip_network(cidr).version == 6
+        rule = aws.vpc.SecurityGroupEgressRule if egress else aws.vpc.SecurityGroupIngressRule
+        self.rules[key] = rule(
+            f"{name}-{key}",
+            security_group_id=group.id,
+            ip_protocol="-1" if port is None else "tcp",
+            from_port=port,
+            to_port=port,
+            referenced_security_group_id=peer.id if peer is not None else None,
+            cidr_ipv4=None if v6 else cidr,
+            cidr_ipv6=cidr if v6 else None,
+            description=description,
+            opts=child,
+        )
+
+    def _alb_rules(self, name: str, ingress_cidrs: Sequence[str], child: pulumi.ResourceOptions) -> None:
+        """ALB: HTTPS and HTTP (redirect only) from each ingress CIDR; out only to the tasks' port."""
         for i, cidr in enumerate(ingress_cidrs):
-            v6 = ipaddress.ip_network(cidr).version == 6
             for port in (HTTPS_PORT, HTTP_PORT):
-                key = f"alb-in-{port}-{i}"
-                self.rules[key] = aws.vpc.SecurityGroupIngressRule(
-                    f"{name}-{key}",
-                    security_group_id=self.alb.id,
-                    ip_protocol="tcp",
-                    from_port=port,
-                    to_port=port,
-                    cidr_ipv6=cidr if v6 else None,
-                    cidr_ipv4=None if v6 else cidr,
-                    description="HTTPS" if port == HTTPS_PORT else "HTTP, redirected to HTTPS",
-                    opts=child,
-                )
-        self.rules["alb-out-tasks"] = aws.vpc.SecurityGroupEgressRule(
-            f"{name}-alb-out-tasks",
-            security_group_id=self.alb.id,
-            ip_protocol="tcp",
-            from_port=contract.PORT,
-            to_port=contract.PORT,
-            referenced_security_group_id=self.tasks.id,
-            description="to agent servers (traffic and health checks)",
-            opts=child,
-        )
-        self.rules["tasks-in-alb"] = aws.vpc.SecurityGroupIngressRule(
-            f"{name}-tasks-in-alb",
-            security_group_id=self.tasks.id,
-            ip_protocol="tcp",
-            from_port=contract.PORT,
-            to_port=contract.PORT,
-            referenced_security_group_id=self.alb.id,
-            description="from the ALB only",
-            opts=child,
-        )
-        self.rules["tasks-out-all"] = aws.vpc.SecurityGroupEgressRule(
-            f"{name}-tasks-out-all",
-            security_group_id=self.tasks.id,
-            ip_protocol="-1",
-            cidr_ipv4="0.0.0.0/0",
-            description="agents need the internet: LLM APIs, git, package registries, image pulls",
-            opts=child,
-        )
-        self.rules["efs-in-tasks"] = aws.vpc.SecurityGroupIngressRule(
-            f"{name}-efs-in-tasks",
-            security_group_id=self.efs.id,
-            ip_protocol="tcp",
-            from_port=NFS_PORT,
-            to_port=NFS_PORT,
-            referenced_security_group_id=self.tasks.id,
-            description="NFS from agent-server tasks only",
-            opts=child,
-        )
-        self.register_outputs({"alb": self.alb.id, "tasks": self.tasks.id, "efs": self.efs.id})
+                description = "HTTPS" if port == HTTPS_PORT else "HTTP, redirected to HTTPS"
+                self._rule(name, f"alb-in-{port}-{i}", self.alb, port=port, cidr=cidr, description=description,
+                           child=child)
+        self._rule(name, "alb-out-tasks", self.alb, egress=True, port=contract.PORT, peer=self.tasks,
+                   description="to agent servers (traffic and health checks)", child=child)
+
+    def _task_rules(self, name: str, child: pulumi.ResourceOptions) -> None:
+        """Tasks: the contract's port from the ALB only; out to anywhere."""
+        self._rule(name, "tasks-in-alb", self.tasks, port=contract.PORT, peer=self.alb,
+                   description="from the ALB only", child=child)
+        self._rule(name, "tasks-out-all", self.tasks, egress=True, cidr="0.0.0.0/0",
+                   description="agents need the internet: LLM APIs, git, package registries, image pulls",
+                   child=child)
+
+    def _efs_rules(self, name: str, child: pulumi.ResourceOptions) -> None:
+        """EFS: NFS from the tasks only; no egress rule at all."""
+        self._rule(name, "efs-in-tasks", self.efs, port=NFS_PORT, peer=self.tasks,
+                   description="NFS from agent-server tasks only", child=child)

@@ -24,11 +24,11 @@ import pulumi
 from pulumi.runtime import mocks as _mocks
 from pulumi.runtime import rpc
 
+from components import contract, deployment
 from components.config import NAMESPACE
-from components.stackfile import read_config
+from components.config.stackfile import load_stack_config, stack_file  # noqa: F401  (re-exported for tests)
 
-ROOT = Path(__file__).resolve().parent.parent
-STACKS_DIR = ROOT / "stacks"
+ROOT = contract.PROJECT_ROOT
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
 PROVIDER_SDKS = ("pulumi_aws", "pulumi_kubernetes", "pulumi_docker", "pulumi_command", "pulumi_tls", "modal")
@@ -100,7 +100,7 @@ RESOURCE_OUTPUTS: dict[str, Callable[[str, dict], dict]] = {
         "certPem": f"-----BEGIN CERTIFICATE-----\n{fake_secret(n, 'leaf')}\n-----END CERTIFICATE-----\n"
     },
     "tls:index/certRequest:CertRequest": lambda n, i: {"certRequestPem": "-----BEGIN CERTIFICATE REQUEST-----\n"},
-    # components/modal_deploy.py's dynamic resource: the web URL Modal gives the class's method.
+    # components/modal/deploy.py's dynamic resource: the web URL Modal gives the class's method.
     "pulumi-python:dynamic/modal:App": lambda n, i: {
         "url": f"https://mock-workspace--{str(i.get('appName')).lower()}-agentserver-serve.modal.run"
     },
@@ -303,25 +303,7 @@ class _Monitor(_mocks.MockMonitor):
 # ------------------------------------------------------------------ config
 
 
-def stack_file(stack: str) -> Path:
-    return STACKS_DIR / f"Pulumi.{stack}.yaml"
-
-
-def stack_names() -> list[str]:
-    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in STACKS_DIR.glob("Pulumi.*.yaml"))
-
-
-def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
-    """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``), keys as
-    Pulumi hands them over (``model:`` becomes ``openhands:model``). Raises FileNotFoundError, or
-    ConfigError naming the file (components/stackfile.py: read as strictly as the program reads it)."""
-    path = path or stack_file(stack)
-    if not path.exists():
-        raise FileNotFoundError(f"no stack file {path} (stacks: {', '.join(stack_names())})")
-    return read_config(path)
-
-
-def _set_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
+def set_config_path(cfg: dict[str, Any], dotted: str, value: Any) -> None:
     """Set (value None: remove) the dotted key, as `pulumi config set --path` would. ConfigError on a bad key."""
     from components.config import ConfigError
 
@@ -382,22 +364,45 @@ def render(
     StackReferences by name. ``stack_path`` reads another stack file than
     ``stacks/Pulumi.<stack>.yaml``. ``program`` renders another program function than the
     package's ``components.program.run`` (tests render hand-written violations). Raises ConfigError
-    for bad config, with nothing registered (``Rendered`` is not returned then). ``Rendered.warnings``
+    for bad config, with nothing registered (``registered_before(exc)`` is empty). ``Rendered.warnings``
     holds what the program sent to ``pulumi.log.warn`` (a preview would show it).
     """
-    global last_resources
-    last_resources = []  # a config error below leaves it empty: nothing was registered
+    registered: list[Resource] = []  # what the program registered, even when it raised
+    try:
+        return _render(stack, overrides, secrets, config, stack_outputs, project, stack_path, program, registered)
+    except Exception as exc:
+        exc.registered = registered  # type: ignore[attr-defined]  # see registered_before()
+        raise
+
+
+def registered_before(exc: BaseException) -> list[Resource]:
+    """What a render that raised ``exc`` had registered (a ConfigError must leave it empty)."""
+    return list(getattr(exc, "registered", []))
+
+
+def _render(
+    stack: str,
+    overrides: Mapping[str, Any] | None,
+    secrets: Mapping[str, Any] | None,
+    config: Mapping[str, Any] | None,
+    stack_outputs: Mapping[str, Mapping[str, Any]] | None,
+    project: str,
+    stack_path: Path | None,
+    program: Callable[[], Mapping[str, Any]] | None,
+    registered: list[Resource],
+) -> Rendered:
     cfg = dict(config) if config is not None else load_stack_config(stack, stack_path)
     secret_keys: list[str] = []
     for dotted, value in (overrides or {}).items():
-        _set_path(cfg, dotted, value)
+        set_config_path(cfg, dotted, value)
     for dotted, value in (secrets or {}).items():
-        _set_path(cfg, dotted, value)
+        set_config_path(cfg, dotted, value)
         key = dotted.split(".")[0]
         secret_keys.append(key if ":" in key else f"{NAMESPACE}:{key}")
 
     mocks = _Mocks(stack, stack_outputs or {})
     monitor = _Monitor(mocks)
+    monitor.records = registered
     warnings: list[str] = []
     pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor,
                              logger=_WarningLog(warnings))
@@ -426,18 +431,12 @@ def render(
             lambda _: pulumi.Output.from_input(secretness())
         )
 
-    last_resources = monitor.records
     try:
         _run()
     finally:
         pulumi.runtime.set_all_config({}, [])
     result.resources = monitor.records
     return result
-
-
-# What the most recent render registered, even when it raised (tests use it to show a
-# config error registered nothing).
-last_resources: list[Resource] = []
 
 
 def imported_sdks() -> list[str]:
@@ -450,8 +449,71 @@ def imported_sdks_for(stack: str) -> list[str]:
     A subprocess, because this process may already hold SDKs other renders imported."""
     import subprocess
 
-    code = f"from components.render import render, imported_sdks; render({stack!r}); print(','.join(imported_sdks()))"
+    code = (f"from openhands_cli.render import render, imported_sdks; render({stack!r}); "
+            "print(','.join(imported_sdks()))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"rendering {stack} failed:\n{proc.stderr[-2000:]}")
     return proc.stdout.strip().splitlines()[-1].split(",")
+
+
+def assumed_stack_outputs(stack: str, path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Stand-in outputs of the stack that ``stack`` promotes from, for offline renders.
+
+    ``openhands check -s prod`` has no dev state to read. This assumes dev runs the image in
+    its own stack file under this code's contract version, which is what a successful
+    ``pulumi up -s dev`` of the same commit exports; for a stack file given by ``path``, that
+    its source runs the contract's default image. Empty when ``stack`` does not promote.
+    """
+    promo = load_stack_config(stack, path).get(f"{NAMESPACE}:promotion")
+    if not isinstance(promo, dict) or not promo.get("fromStack"):
+        return {}
+    source = str(promo["fromStack"])
+    image = contract.DEFAULT_IMAGE
+    if path is None:
+        try:
+            image = load_stack_config(source.rsplit("/", 1)[-1]).get(f"{NAMESPACE}:image", image)
+        except FileNotFoundError:
+            pass
+    return {source: {deployment.IMAGE: image, deployment.CONTRACT_VERSION: contract.CONTRACT_VERSION}}
+
+
+# ------------------------------------------------------------------ the `render` command
+
+
+def _masked(value: Any, path: str, res: Resource) -> Any:
+    if path and res.is_secret(path):
+        return "[secret]"
+    if isinstance(value, dict):
+        return {k: _masked(v, f"{path}.{k}" if path else k, res) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, f"{path}[{i}]", res) for i, v in enumerate(value)]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``openhands render -s STACK [--json]``: what the program would register, offline (no engine,
+    no cloud): a line per resource, or with ``--json`` each resource's inputs, secrets masked."""
+    import argparse
+
+    from components.config import ConfigError
+
+    parser = argparse.ArgumentParser(prog="openhands render", description=main.__doc__.split("\n")[0])
+    parser.add_argument("-s", "--stack", default="local", help="stack name, stacks/Pulumi.<stack>.yaml")
+    parser.add_argument("--json", action="store_true", help="print every resource's inputs (secrets masked)")
+    args = parser.parse_args(argv)
+    try:
+        rendered = render(args.stack, stack_outputs=assumed_stack_outputs(args.stack))
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for warning in rendered.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.json:
+        doc = [{"type": r.type, "name": r.name, "inputs": _masked(r.inputs, "", r)} for r in rendered.resources]
+        print(json.dumps(doc, indent=2, sort_keys=True, default=str))
+    else:
+        for r in rendered.resources:
+            print(f"{r.type}  {r.name}")
+        print(f"{len(rendered.resources)} resources", file=sys.stderr)
+    return 0

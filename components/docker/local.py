@@ -1,7 +1,7 @@
 """Docker model: one agent-server container per tenant behind a Caddy TLS proxy.
 
 Used as-is by the ``local`` stack (the local engine, or any DOCKER_HOST-style URL)
-and by the VM stack (components/vm.py), which points the same ``DockerHost`` at a
+and by the VM stack (components/docker/vm.py), which points the same ``DockerHost`` at a
 provisioned EC2 instance over SSH.
 """
 
@@ -13,14 +13,14 @@ from collections.abc import Mapping, Sequence
 import pulumi
 import pulumi_docker as docker
 
-from components import caddy, contract
+from components import contract, deployment
 from components.config import StackConfig
+from components.deployment import Deployment
+from components.docker import caddy
 from components.keys import TenantKeys
-from components.program import Deployment
 
-ROLE_LABEL = "dev.openhands.role"
-TENANT_LABEL = "dev.openhands.tenant"
-STACK_LABEL = "dev.openhands.stack"  # <project>/<stack>: which deployment a container or network belongs to
+# Labels: which role, tenant and deployment (<project>/<stack>) a container, network or volume belongs to.
+ROLE_LABEL, TENANT_LABEL, STACK_LABEL = contract.ROLE_LABEL, contract.TENANT_LABEL, contract.STACK_LABEL
 
 
 def name_prefix() -> str:
@@ -48,7 +48,7 @@ def healthcheck() -> docker.ContainerHealthcheckArgs:
 
 
 def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
-    """Caddy's own check (components/caddy.py: its admin API over a unix socket, asked by the caddy
+    """Caddy's own check (components/docker/caddy.py: its admin API over a unix socket, asked by the caddy
     binary, the only program in the image), on the contract's interval, timeout and retries.
 
     A signal (``docker ps``, ``docker inspect``), not a cure: the engine restarts a container
@@ -73,7 +73,7 @@ def upstream(tenant: str) -> str:
     return f"agent-{tenant}:{contract.PORT}"
 
 
-class AgentServer(pulumi.ComponentResource):
+class DockerTenant(pulumi.ComponentResource):
     """One tenant's agent server: its own network, a state volume and a container.
 
     The network holds this tenant's server and the proxy only, so no tenant can reach another
@@ -94,6 +94,7 @@ class AgentServer(pulumi.ComponentResource):
         volume_driver_opts: Mapping[str, pulumi.Input[str]] | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        # The type token keeps its first name: it is in every deployed stack's URNs.
         super().__init__("openhands:docker:AgentServer", tenant, None, opts)
         prefix = name_prefix()
         child = pulumi.ResourceOptions(parent=self)
@@ -144,7 +145,7 @@ class AgentServer(pulumi.ComponentResource):
             labels=[
                 *_labels(contract.ROLE, tenant),
                 # A key rotation changes the env; the label makes the replacement visible in diffs.
-                docker.ContainerLabelArgs(label="dev.openhands.keys-checksum", value=keys.checksum),
+                docker.ContainerLabelArgs(label=contract.CHECKSUM_LABEL, value=keys.checksum),
             ],
             # `pulumi up` waits for the healthcheck, so a broken rollout fails the update.
             wait=True,
@@ -243,7 +244,7 @@ class TlsProxy(pulumi.ComponentResource):
             security_opts=["no-new-privileges"],
             log_driver="json-file",
             log_opts={"max-size": "10m", "max-file": "5"},
-            labels=_labels("tls-proxy"),
+            labels=_labels(contract.TLS_PROXY_ROLE),
             destroy_grace_seconds=contract.STOP_GRACE_SECONDS,  # Caddy drains connections on SIGTERM
             opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
@@ -257,7 +258,7 @@ class DockerHost(pulumi.ComponentResource):
 
     image: docker.RemoteImage
     proxy_image: docker.RemoteImage
-    servers: dict[str, AgentServer]
+    servers: dict[str, DockerTenant]
     proxy: TlsProxy
     urls: dict[str, pulumi.Output[str]]
 
@@ -281,7 +282,7 @@ class DockerHost(pulumi.ComponentResource):
             f"{name}-proxy-image", name=settings.caddy_image, keep_locally=True, opts=child
         )
         self.servers = {
-            t: AgentServer(
+            t: DockerTenant(
                 t,
                 image=self.image.image_id,
                 keys=keys[t],
@@ -316,7 +317,7 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
         hosts={t: settings.host_for(t) for t in cfg.tenants},
         opts=pulumi.ResourceOptions(providers={"docker": provider}),
     )
-    exports = {"caddyfile": host.proxy.caddyfile}
+    exports = {deployment.CADDYFILE: host.proxy.caddyfile}
     if settings.tls_mode == "internal":
         exports["localCaRoot"] = (
             "Caddy's internal root CA, to trust once: docker cp "

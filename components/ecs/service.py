@@ -8,7 +8,7 @@ Manager secret and EFS access point (its own root directory on the shared file s
 Everything is a plain ``pulumi_aws`` resource inside our own components, so tests and
 policies see every resource:
 
-* ``openhands:ecs:Network`` / ``openhands:ecs:SecurityGroups`` (components/ecs_network.py)
+* ``openhands:ecs:Network`` / ``openhands:ecs:SecurityGroups`` (components/ecs/network.py)
 * ``openhands:ecs:LoadBalancer``: ALB, certificate (ACM + DNS validation, or an ARN), listeners
 * ``openhands:ecs:SharedStorage``: EFS, backups, mount targets, file system policy, access points
 * ``openhands:ecs:TenantService``: secret, logs, IAM, task definition, target group, rule, service, DNS
@@ -26,16 +26,17 @@ import pulumi
 import pulumi_aws as aws
 
 from components import contract
+from components.aws_iam import allow, policy_document, service_trust_policy
 from components.config import EcsSettings, StackConfig
-from components.ecs_network import HTTP_PORT, HTTPS_PORT, Network, SecurityGroups, stack_name, stack_tags
+from components.deployment import Deployment
+from components.ecs.network import HTTP_PORT, HTTPS_PORT, Network, SecurityGroups, stack_name, stack_tags
 from components.keys import TenantKeys
-from components.program import Deployment
 
 CONTAINER_NAME = contract.ROLE
 STATE_VOLUME = "state"
 TENANT_TAG = "openhands:tenant"
 ROLE_TAG = "openhands:role"
-CHECKSUM_LABEL = "dev.openhands.keys-checksum"
+CHECKSUM_LABEL = contract.CHECKSUM_LABEL
 # Tenants' directories on the shared file system; the access point creates each one.
 TENANTS_ROOT = "/tenants"
 TENANT_DIR_MODE = "0750"
@@ -78,21 +79,11 @@ def rule_priorities(tenants: Sequence[str]) -> dict[str, int]:
     return out
 
 
+
+
 def assume_role_policy(account_id: pulumi.Input[str]) -> pulumi.Output[str]:
     """ECS tasks may assume the role, only on behalf of this account (confused-deputy guard)."""
-    return pulumi.Output.json_dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "ecs-tasks.amazonaws.com"},
-                    "Action": "sts:AssumeRole",
-                    "Condition": {"StringEquals": {"aws:SourceAccount": account_id}},
-                }
-            ],
-        }
-    )
+    return service_trust_policy("ecs-tasks.amazonaws.com", StringEquals={"aws:SourceAccount": account_id})
 
 
 def container_definition(
@@ -147,8 +138,8 @@ def container_definition(
             },
         },
         "dockerLabels": {
-            "dev.openhands.role": contract.ROLE,
-            "dev.openhands.tenant": tenant,
+            contract.ROLE_LABEL: contract.ROLE,
+            contract.TENANT_LABEL: tenant,
             # A key rotation changes this label, so a new task definition revision rolls the
             # service and the new task reads the new secret version at start.
             CHECKSUM_LABEL: checksum,
@@ -320,27 +311,22 @@ class SharedStorage(pulumi.ComponentResource):
         self.policy = aws.efs.FileSystemPolicy(
             f"{name}-policy",
             file_system_id=self.file_system.id,
-            policy=pulumi.Output.json_dumps(
+            policy=policy_document(
                 {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "DenyUnencryptedTransport",
-                            "Effect": "Deny",
-                            "Principal": {"AWS": "*"},
-                            "Action": "*",
-                            "Resource": self.file_system.arn,
-                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-                        },
-                        {
-                            "Sid": "DenyRootAccess",
-                            "Effect": "Deny",
-                            "Principal": {"AWS": "*"},
-                            "Action": "elasticfilesystem:ClientRootAccess",
-                            "Resource": self.file_system.arn,
-                        },
-                    ],
-                }
+                    "Sid": "DenyUnencryptedTransport",
+                    "Effect": "Deny",
+                    "Principal": {"AWS": "*"},
+                    "Action": "*",
+                    "Resource": self.file_system.arn,
+                    "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                },
+                {
+                    "Sid": "DenyRootAccess",
+                    "Effect": "Deny",
+                    "Principal": {"AWS": "*"},
+                    "Action": "elasticfilesystem:ClientRootAccess",
+                    "Resource": self.file_system.arn,
+                },
             ),
             opts=child,
         )
@@ -381,13 +367,25 @@ class SharedStorage(pulumi.ComponentResource):
 
 class TenantService(pulumi.ComponentResource):
     """One tenant's agent server: its keys in Secrets Manager, logs, IAM, task definition,
-    target group, host rule and single-writer Fargate service (and optionally its DNS name)."""
+    target group, host rule and single-writer Fargate service (and optionally its DNS name).
+
+    The constructor runs the steps in dependency order; each step registers its resources
+    as children of this component and keeps them as attributes."""
 
     secret: aws.secretsmanager.Secret
+    secret_version: aws.secretsmanager.SecretVersion
+    log_group: aws.cloudwatch.LogGroup
+    execution_role: aws.iam.Role
+    execution_policy: aws.iam.RolePolicy
+    task_role: aws.iam.Role
+    task_policy: aws.iam.RolePolicy
     task_definition: aws.ecs.TaskDefinition
     target_group: aws.lb.TargetGroup
+    rule: aws.lb.ListenerRule
     service: aws.ecs.Service
+    record: aws.route53.Record | None
     host: str
+    url: str
 
     def __init__(
         self,
@@ -408,19 +406,32 @@ class TenantService(pulumi.ComponentResource):
     ) -> None:
         super().__init__("openhands:ecs:TenantService", tenant, None, opts)
         settings: EcsSettings = cfg.settings
-        stack = pulumi.get_stack()
         child = pulumi.ResourceOptions(parent=self)
         tags = tenant_tags(tenant)
         workload_tags = tenant_tags(tenant, workload=True)
         self.host = settings.host_for(tenant)
-        access_point = storage.access_points[tenant]
 
-        # ---- keys: one secret per tenant, a JSON object {ENV_NAME: value}
+        self._secrets(tenant, keys, tags, child)
+        self._logs(tenant, settings, tags, child)
+        self._iam(tenant, cfg, storage, account_id, tags, workload_tags, child)
+        self._task_definition(tenant, cfg, keys, storage, region, workload_tags, child)
+        self._routing(tenant, settings, vpc_id, lb, priority, tags, child)
+        self._service(tenant, cluster, subnet_ids, security_group, storage, workload_tags, child)
+        self._dns(tenant, settings, lb, child)
+        self.url = f"https://{self.host}"
+        self.register_outputs({"url": self.url, "service": self.service.name, "logGroup": self.log_group.name})
+
+    def _secrets(
+        self, tenant: str, keys: TenantKeys, tags: Mapping[str, pulumi.Input[str]], child: pulumi.ResourceOptions
+    ) -> None:
+        """The tenant's keys: one Secrets Manager secret holding a JSON object {ENV_NAME: value}.
+
+        ECS reads it at task start, so the keys never appear in the task definition."""
         self.secret = aws.secretsmanager.Secret(
             f"{tenant}-keys",
             # Account-global names carry project and stack: two stacks never share one.
             name_prefix=stack_name(tenant, sep="/", max_length=480, invalid=SECRET_NAME_INVALID) + "-",
-            description=f"OpenHands agent-server keys for tenant {tenant} (stack {stack})",
+            description=f"OpenHands agent-server keys for tenant {tenant} (stack {pulumi.get_stack()})",
             recovery_window_in_days=7,
             tags=tags,
             opts=child,
@@ -432,6 +443,10 @@ class TenantService(pulumi.ComponentResource):
             opts=child,
         )
 
+    def _logs(
+        self, tenant: str, settings: EcsSettings, tags: Mapping[str, pulumi.Input[str]], child: pulumi.ResourceOptions
+    ) -> None:
+        """The tenant's CloudWatch log group, with the configured retention (the task's awslogs target)."""
         self.log_group = aws.cloudwatch.LogGroup(
             f"{tenant}-logs",
             name="/" + stack_name(tenant, sep="/", max_length=511, invalid=LOG_GROUP_INVALID),
@@ -440,75 +455,94 @@ class TenantService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # ---- IAM: per tenant, so one tenant's task can neither read another's keys nor mount its directory.
+    def _iam(
+        self,
+        tenant: str,
+        cfg: StackConfig,
+        storage: SharedStorage,
+        account_id: pulumi.Input[str],
+        tags: Mapping[str, pulumi.Input[str]],
+        workload_tags: Mapping[str, pulumi.Input[str]],
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """The execution role (ECS agent: read this tenant's keys, write its logs, pull a private
+        ECR image) and the task role (the server: mount this tenant's access point only).
+
+        Per tenant, so one tenant's task can neither read another's keys nor mount its directory."""
         exec_statements: list[dict[str, Any]] = [
-            {
-                "Sid": "ReadThisTenantsKeys",
-                "Effect": "Allow",
-                "Action": "secretsmanager:GetSecretValue",
-                "Resource": self.secret.arn,
-            },
-            {
-                "Sid": "WriteThisTenantsLogs",
-                "Effect": "Allow",
-                "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
-                "Resource": pulumi.Output.concat(self.log_group.arn, ":log-stream:*"),
-            },
+            allow("ReadThisTenantsKeys", "secretsmanager:GetSecretValue", self.secret.arn),
+            allow(
+                "WriteThisTenantsLogs",
+                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                pulumi.Output.concat(self.log_group.arn, ":log-stream:*"),
+            ),
         ]
         # The default image is public on ghcr.io: pulling needs no AWS permission. Only a
         # private ECR image needs a token and read access to that one repository.
         ecr_repo = ecr_repository_arn(cfg.image)
         if ecr_repo:
             exec_statements += [
-                {"Sid": "EcrToken", "Effect": "Allow", "Action": "ecr:GetAuthorizationToken", "Resource": "*"},
-                {
-                    "Sid": "EcrPull",
-                    "Effect": "Allow",
-                    "Action": ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
-                    "Resource": ecr_repo,
-                },
+                allow("EcrToken", "ecr:GetAuthorizationToken", "*"),
+                allow("EcrPull", ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"], ecr_repo),
             ]
-        self.execution_role = aws.iam.Role(
+        self.execution_role, self.execution_policy = self._role(
             f"{tenant}-execution",
-            description=f"ECS agent for tenant {tenant}: read its keys, write its logs",
+            f"ECS agent for tenant {tenant}: read its keys, write its logs",
+            exec_statements,
+            account_id=account_id,
+            tags=tags,
+            child=child,
+        )
+        self.task_role, self.task_policy = self._role(
+            f"{tenant}-task",
+            f"Agent server of tenant {tenant}: mount and write its EFS access point only",
+            [
+                allow(
+                    "MountOwnAccessPoint",
+                    ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
+                    storage.file_system.arn,
+                    StringEquals={"elasticfilesystem:AccessPointArn": storage.access_points[tenant].arn},
+                )
+            ],
+            account_id=account_id,
+            tags=workload_tags,
+            child=child,
+        )
+
+    def _role(
+        self,
+        name: str,
+        description: str,
+        statements: Sequence[Mapping[str, Any]],
+        *,
+        account_id: pulumi.Input[str],
+        tags: Mapping[str, pulumi.Input[str]],
+        child: pulumi.ResourceOptions,
+    ) -> tuple[aws.iam.Role, aws.iam.RolePolicy]:
+        """A role ECS tasks of this account may assume, and its inline policy of ``statements``
+        (both resources named ``name``)."""
+        role = aws.iam.Role(
+            name,
+            description=description,
             assume_role_policy=assume_role_policy(account_id),
             tags=tags,
             opts=child,
         )
-        self.execution_policy = aws.iam.RolePolicy(
-            f"{tenant}-execution",
-            role=self.execution_role.id,
-            policy=pulumi.Output.json_dumps({"Version": "2012-10-17", "Statement": exec_statements}),
-            opts=child,
-        )
-        self.task_role = aws.iam.Role(
-            f"{tenant}-task",
-            description=f"Agent server of tenant {tenant}: mount and write its EFS access point only",
-            assume_role_policy=assume_role_policy(account_id),
-            tags=workload_tags,
-            opts=child,
-        )
-        self.task_policy = aws.iam.RolePolicy(
-            f"{tenant}-task",
-            role=self.task_role.id,
-            policy=pulumi.Output.json_dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Sid": "MountOwnAccessPoint",
-                            "Effect": "Allow",
-                            "Action": ["elasticfilesystem:ClientMount", "elasticfilesystem:ClientWrite"],
-                            "Resource": storage.file_system.arn,
-                            "Condition": {"StringEquals": {"elasticfilesystem:AccessPointArn": access_point.arn}},
-                        }
-                    ],
-                }
-            ),
-            opts=child,
-        )
+        policy = aws.iam.RolePolicy(name, role=role.id, policy=policy_document(*statements), opts=child)
+        return role, policy
 
-        # ---- task definition
+    def _task_definition(
+        self,
+        tenant: str,
+        cfg: StackConfig,
+        keys: TenantKeys,
+        storage: SharedStorage,
+        region: pulumi.Input[str],
+        workload_tags: Mapping[str, pulumi.Input[str]],
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """The Fargate task definition: the contract's container, the tenant's EFS access point as
+        its state volume. A key rotation changes the checksum label, so it makes a new revision."""
         cpu, memory = fargate_units(cfg)
         definition = container_definition(
             tenant=tenant,
@@ -540,7 +574,7 @@ class TenantService(pulumi.ComponentResource):
                         root_directory="/",  # must be "/" with an access point; the AP sets the real root
                         transit_encryption="ENABLED",
                         authorization_config=aws.ecs.TaskDefinitionVolumeEfsVolumeConfigurationAuthorizationConfigArgs(
-                            access_point_id=access_point.id, iam="ENABLED"
+                            access_point_id=storage.access_points[tenant].id, iam="ENABLED"
                         ),
                     ),
                 )
@@ -550,7 +584,18 @@ class TenantService(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(depends_on=[self.secret_version, self.execution_policy])),
         )
 
-        # ---- routing
+    def _routing(
+        self,
+        tenant: str,
+        settings: EcsSettings,
+        vpc_id: pulumi.Input[str],
+        lb: LoadBalancer,
+        priority: int,
+        tags: Mapping[str, pulumi.Input[str]],
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """The tenant's target group (health-checked on the contract's readiness path) and the
+        HTTPS listener rule that sends its host there."""
         self.target_group = aws.lb.TargetGroup(
             f"{tenant}-tg",
             target_type="ip",
@@ -587,7 +632,18 @@ class TenantService(pulumi.ComponentResource):
             opts=child,
         )
 
-        # ---- the service: exactly one writer on the tenant's directory
+    def _service(
+        self,
+        tenant: str,
+        cluster: aws.ecs.Cluster,
+        subnet_ids: Sequence[pulumi.Input[str]],
+        security_group: aws.ec2.SecurityGroup,
+        storage: SharedStorage,
+        workload_tags: Mapping[str, pulumi.Input[str]],
+        child: pulumi.ResourceOptions,
+    ) -> None:
+        """The Fargate service: exactly one writer on the tenant's directory, in the private
+        subnets, registered in the target group; `pulumi up` waits until it is healthy."""
         self.service = aws.ecs.Service(
             f"{tenant}-service",
             name=f"openhands-{tenant}",
@@ -623,7 +679,9 @@ class TenantService(pulumi.ComponentResource):
             ),
         )
 
-        self.record: aws.route53.Record | None = None
+    def _dns(self, tenant: str, settings: EcsSettings, lb: LoadBalancer, child: pulumi.ResourceOptions) -> None:
+        """The tenant host's alias record to the ALB, when the stack manages DNS (else None)."""
+        self.record = None
         if settings.dns_records:
             self.record = aws.route53.Record(
                 f"{tenant}-dns",
@@ -637,8 +695,6 @@ class TenantService(pulumi.ComponentResource):
                 ],
                 opts=child,
             )
-        self.url = f"https://{self.host}"
-        self.register_outputs({"url": self.url, "service": self.service.name, "logGroup": self.log_group.name})
 
 
 # --------------------------------------------------------------------------- stack

@@ -2,8 +2,8 @@
 
 Commands (``-s/--stack``, default ``local``): ``up``, ``preview``, ``down`` (keeps data unless
 ``--delete-data``), ``rotate`` (``keys.rotation`` + 1, then up), ``status`` (the smoke check of
-``components/smoke.py``), ``connect [TENANT]`` (what Agent Canvas needs) and ``doctor`` (the
-preflight of ``components/preflight.py`` alone; ``up``, ``preview`` and ``rotate`` run it first).
+``openhands_cli/smoke.py``), ``connect [TENANT]`` (what Agent Canvas needs) and ``doctor`` (the
+preflight of ``openhands_cli/preflight.py`` alone; ``up``, ``preview`` and ``rotate`` run it first).
 
 Where things live, unless the user says otherwise:
 
@@ -37,153 +37,30 @@ import argparse
 import json
 import os
 import re
-import secrets
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import yaml
 
-PROJECT = "openhands"
-DEFAULT_STACK = "local"
-LOCAL_DIR = ".openhands-deploy"  # gitignored: state, passphrase, generated config, saved keys
-# The oldest CLI this was verified with (scripts/engine builds it; newer releases are fine).
-MIN_CLI_VERSION = (3, 259, 0)
-INSTALL_HINT = "curl -fsSL https://get.pulumi.com | sh"
-PASSPHRASE_ENV = ("PULUMI_CONFIG_PASSPHRASE", "PULUMI_CONFIG_PASSPHRASE_FILE")
-
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-
-class OperatorError(Exception):
-    """One clear message for the user, and the exit code it ends with."""
-
-    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --------------------------------------------------------------------------- environment
-
-
-def find_project(start: Path | None = None) -> Path:
-    """The project directory: $OPENHANDS_PROJECT_DIR, else the nearest Pulumi.yaml of this project."""
-    env = os.environ.get("OPENHANDS_PROJECT_DIR")
-    candidates = [Path(env)] if env else [*(p for p in [(start or Path.cwd()).resolve()] for p in (p, *p.parents))]
-    if not env:
-        candidates.append(Path(__file__).resolve().parent.parent)
-    for path in candidates:
-        settings = path / "Pulumi.yaml"
-        if settings.is_file() and _project_name(settings) == PROJECT:
-            return path
-    where = env or f"{Path.cwd()} or its parents"
-    raise OperatorError(f"no Pulumi.yaml of project {PROJECT!r} in {where}: run this in the openhands-deploy checkout")
-
-
-def _project_name(path: Path) -> str | None:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return None
-    return data.get("name") if isinstance(data, dict) else None
-
-
-def pulumi_cli(which: Callable[[str], str | None] = shutil.which) -> str:
-    """The `pulumi` executable on PATH, checked to be recent enough."""
-    exe = which("pulumi")
-    if exe is None:
-        raise OperatorError(
-            "the Pulumi CLI is not installed (no `pulumi` on PATH). Install it with:\n"
-            f"  {INSTALL_HINT}\n"
-            "then open a new shell (or add ~/.pulumi/bin to PATH). Offline, build it from Go modules:\n"
-            '  export PATH="$(scripts/engine | tail -1):$PATH"'
-        )
-    try:
-        out = subprocess.run([exe, "version"], capture_output=True, text=True, timeout=60, check=True).stdout
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise OperatorError(f"`{exe} version` failed ({exc}); reinstall the Pulumi CLI: {INSTALL_HINT}") from None
-    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", out.strip())
-    if not match:
-        raise OperatorError(f"`{exe} version` printed {out.strip()!r}, not a version; reinstall: {INSTALL_HINT}")
-    version = tuple(int(p) for p in match.groups())
-    if version < MIN_CLI_VERSION:
-        need = ".".join(map(str, MIN_CLI_VERSION))
-        raise OperatorError(f"the Pulumi CLI at {exe} is {out.strip()}; this needs >= {need}. Upgrade: {INSTALL_HINT}")
-    return exe
-
-
-def logged_in_elsewhere(environ: Mapping[str, str] = os.environ) -> str | None:
-    """The backend URL of a `pulumi login`, if any (from $PULUMI_HOME/credentials.json)."""
-    home = Path(environ.get("PULUMI_HOME") or Path.home() / ".pulumi")
-    try:
-        current = json.loads((home / "credentials.json").read_text(encoding="utf-8")).get("current")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return current or None
-
-
-def ensure_passphrase(path: Path) -> Path:
-    """A random passphrase in a mode-0600 file, created once and reused."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise OperatorError(
-                f"{path} is readable by others (mode {mode:04o}); it decrypts the stacks' secrets: chmod 600 {path}"
-            ) from None
-        if not path.read_text(encoding="utf-8").strip():
-            raise OperatorError(f"{path} is empty; delete it only if no stack uses it yet (secrets need it)") from None
-        return path
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(secrets.token_urlsafe(32) + "\n")
-    return path
-
-
-@dataclass
-class Settings:
-    """Where the engine keeps state and how it decrypts secrets; what the user is told about it."""
-
-    project: Path
-    env: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def local_dir(self) -> Path:
-        return self.project / LOCAL_DIR
-
-
-def settings(project: Path, environ: Mapping[str, str] = os.environ) -> Settings:
-    s = Settings(project)
-    if environ.get("PULUMI_BACKEND_URL"):
-        s.notes.append(f"backend: {environ['PULUMI_BACKEND_URL']} (PULUMI_BACKEND_URL)")
-    elif (url := logged_in_elsewhere(environ)) is not None:
-        s.notes.append(f"backend: {url} (pulumi login)")
-    else:
-        state = s.local_dir / "state"
-        state.mkdir(parents=True, exist_ok=True)
-        s.env["PULUMI_BACKEND_URL"] = state.as_uri()
-        s.notes.append(f"backend: {state} (a file backend in the project)")
-    if not environ.get("PULUMI_PYTHON_CMD") and not environ.get("PULUMI_RUNTIME_VIRTUALENV"):
-        # The engine starts dynamic providers (Modal's) with `python3 -m pulumi.dynamic` from PATH unless
-        # told otherwise; it must be this interpreter, which has the SDK and imports components/.
-        s.env["PULUMI_PYTHON_CMD"] = sys.executable
-    if any(environ.get(k) for k in PASSPHRASE_ENV):
-        s.notes.append("passphrase: from " + " / ".join(k for k in PASSPHRASE_ENV if environ.get(k)))
-    else:
-        s.env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(ensure_passphrase(s.local_dir / "passphrase"))
-        s.notes.append(f"passphrase: {s.local_dir / 'passphrase'} (mode 0600; keep it: it decrypts the keys)")
-    return s
-
+from components import contract, deployment
+from openhands_cli.workspace import (
+    DEFAULT_STACK,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    PROJECT,
+    OperatorError,
+    WorkspaceSettings,
+    find_project,
+    pulumi_cli,
+    settings,
+)
 
 # --------------------------------------------------------------------------- the stack
 
@@ -209,7 +86,7 @@ class Session:
     """A selected stack and what is needed to run the engine on it."""
 
     name: str
-    settings: Settings
+    settings: WorkspaceSettings
     stack: Any  # pulumi.automation.Stack
     program: Program
     out: TextIO = sys.stdout
@@ -256,7 +133,7 @@ def _state_salt(stack: Any) -> str | None:
     return (provider.get("state") or {}).get("salt")
 
 
-def open_stack(name: str, s: Settings, exe: str, out: TextIO = sys.stdout, *, create: bool = True) -> Session:
+def open_stack(name: str, s: WorkspaceSettings, exe: str, out: TextIO = sys.stdout, *, create: bool = True) -> Session:
     """Select the stack, creating it first (without touching the tracked stack file) if needed."""
     from pulumi import automation as auto
 
@@ -415,12 +292,13 @@ def run_engine(session: Session, op: str, overrides: Mapping[str, Any] | None = 
 
 
 def validate_config(session: Session, overrides: Mapping[str, Any] | None = None) -> None:
-    """Parse the stack's config with components/config.py before the engine starts.
+    """Parse the stack's config with components/config/ before the engine starts.
 
     The program checks it again under the engine; checking first means a bad config never
     reaches an `up`, which would record the root Stack resource before the program fails.
     """
-    from components import config, stackfile
+    from components import config
+    from components.config import stackfile
 
     if session.tracked_config.is_file():
         # Strictly first (duplicates, `yes`, `0443`, ...): `pulumi config` would end in "yaml: unmarshal errors".
@@ -466,12 +344,12 @@ def connect_text(stack: str, outputs: Mapping[str, Any], *, tenant: str | None =
     """Agent Canvas' Host and API Key per tenant, and how a client trusts and reaches them."""
     from components import contract
 
-    urls = outputs.get("url")
+    urls = outputs.get(deployment.URL)
     if not isinstance(urls, dict) or not urls:
         raise OperatorError(f"stack {stack!r} has no `url` output: deploy it first (`uv run openhands up -s {stack}`)")
     if tenant is not None and tenant not in urls:
         raise OperatorError(f"no tenant {tenant!r} in stack {stack!r}; its tenants: {', '.join(sorted(urls))}")
-    keys = outputs.get("apiKey") if isinstance(outputs.get("apiKey"), dict) else {}
+    keys = outputs.get(deployment.API_KEY) if isinstance(outputs.get(deployment.API_KEY), dict) else {}
     lines = [f"Agent Canvas settings for stack {stack!r} (Host, API Key):"]
     for name in sorted(urls) if tenant is None else [tenant]:
         key = keys.get(name) if show_secrets else None
@@ -519,7 +397,7 @@ def _trust_lines(stack: str, outputs: Mapping[str, Any], platform: str) -> list[
             f"  docker cp {container}:{path} {crt} && {_trust_command(crt, platform)}",
             f"Non-browser clients can instead point at the file: SSL_CERT_FILE={crt} / curl --cacert {crt}",
         ]
-    if isinstance(outputs.get("caCertificate"), str):
+    if isinstance(outputs.get(deployment.CA_CERTIFICATE), str):
         crt = f"openhands-{stack}-ca.crt"
         return [
             "TLS: the stack's own CA signs these hosts (no domain configured). Trust it once:",
@@ -597,7 +475,7 @@ def _deployed(session: Session) -> bool:
 def _save_secret_keys(session: Session) -> Path | None:
     """Kept volumes outlive the generated keys: save the ones that decrypt them (see docs/teardown.md)."""
     outputs = outputs_of(session)
-    keys = outputs.get("secretKeys")
+    keys = outputs.get(deployment.SECRET_KEYS)
     if not keys:
         return None
     path = session.settings.local_dir / session.name / "secret-keys.json"
@@ -631,7 +509,8 @@ def cmd_rotate(session: Session, args: argparse.Namespace) -> int:
 
 
 def cmd_status(session: Session, args: argparse.Namespace) -> int:
-    from components import contract, smoke
+    from components import contract
+    from openhands_cli import smoke
 
     outputs = outputs_of(session)
     ca_file = args.ca_file or _fetch_local_ca(session, outputs)
@@ -666,7 +545,7 @@ def _fetch_local_ca(session: Session, outputs: Mapping[str, Any]) -> str | None:
 def cmd_connect(session: Session, args: argparse.Namespace) -> int:
     outputs = outputs_of(session)
     if args.ca_out:
-        ca = outputs.get("caCertificate")
+        ca = outputs.get(deployment.CA_CERTIFICATE)
         if not isinstance(ca, str):
             raise OperatorError(f"stack {session.name!r} exports no caCertificate (its CA is public or Caddy's)")
         Path(args.ca_out).write_text(ca, encoding="utf-8")
@@ -689,8 +568,9 @@ SKIP_PREFLIGHT_ENV = "OPENHANDS_SKIP_PREFLIGHT"
 
 
 def run_preflight(project: Path, stack: str, out: TextIO, *, strict: bool, exe: str | None = None) -> int:
-    """Print one line per check of components/preflight.py; OperatorError (exit 2) if one blocks."""
-    from components import config, preflight
+    """Print one line per check of openhands_cli/preflight.py; OperatorError (exit 2) if one blocks."""
+    from components import config
+    from openhands_cli import preflight
 
     print(f"preflight of stack {stack!r}:", file=out, flush=True)
     try:
@@ -708,6 +588,14 @@ def run_preflight(project: Path, stack: str, out: TextIO, *, strict: bool, exe: 
     return 0
 
 
+# Offline commands: no engine, no stack selected; each parses its own arguments.
+OFFLINE_COMMANDS = {
+    "check": ("openhands_cli.check", "render a stack offline, run the policy pack and the validators"),
+    "smoke": ("openhands_cli.smoke", "smoke-test a deployed stack's tenants from its outputs"),
+    "render": ("openhands_cli.render", "list what the program would register for a stack, offline"),
+}
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="openhands", description="Deploy and operate the OpenHands agent server (Pulumi Automation API).",
@@ -721,6 +609,8 @@ def parser() -> argparse.ArgumentParser:
             for name, (_, text) in COMMANDS.items()}
     doctor = "check what the stack needs before `up` (also run by up, preview and rotate); exit 2 if one fails"
     cmds["doctor"] = sub.add_parser("doctor", parents=[common], help=doctor, description=doctor)
+    for name, (_, text) in OFFLINE_COMMANDS.items():
+        sub.add_parser(name, help=text, description=text, add_help=False)
     for name in ("doctor", *PREFLIGHT_COMMANDS):
         cmds[name].add_argument("--strict", action="store_true",
                                 help="a check that cannot run (offline, no permission) fails too")
@@ -741,6 +631,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in OFFLINE_COMMANDS:
+        import importlib
+
+        return int(importlib.import_module(OFFLINE_COMMANDS[argv[0]][0]).main(argv[1:]) or 0)
     try:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed usage (code 2) or help (code 0)
@@ -750,7 +645,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
             raise OperatorError(f"-s {args.stack!r}: a stack name is letters, digits, '-', '_' or '.'")
         project = find_project()
         if not (project / "stacks" / f"Pulumi.{args.stack}.yaml").is_file():
-            shipped = sorted(p.name[len("Pulumi."):-len(".yaml")] for p in (project / "stacks").glob("Pulumi.*.yaml"))
+            shipped = contract.stack_names(project / "stacks")
             raise OperatorError(f"no stacks/Pulumi.{args.stack}.yaml; the shipped stacks: {', '.join(shipped)}")
         if args.command == "doctor":
             return run_preflight(project, args.stack, out, strict=args.strict)

@@ -1,7 +1,7 @@
 """Docker model on a VM the stack provisions: EC2 + cloud-init + Docker + Caddy.
 
 The VM part is AWS (security group, key pair, encrypted root and data volumes, Elastic
-IP, optional Route 53 records and daily snapshots). cloud-init (components/cloud_init.py)
+IP, optional Route 53 records and daily snapshots). cloud-init (components/docker/cloud_init.py)
 puts Docker's data-root on the data volume. Once cloud-init has finished, a
 pulumi-docker provider reaches the engine over SSH and the same ``DockerHost`` the
 ``local`` stack uses renders the per-tenant agent servers and the Caddy proxy.
@@ -13,7 +13,6 @@ TLS: with ``docker.domain`` Caddy gets Let's Encrypt certificates for
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,11 +22,13 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pulumi_tls as tls
 
-from components import cloud_init, contract
-from components.config import ConfigError, StackConfig, VmSettings
-from components.docker import ROLE_LABEL, DockerHost
+from components import contract, deployment
+from components.aws_iam import service_trust_policy
+from components.config import ConfigError, DockerSettings, StackConfig, VmSettings
+from components.deployment import Deployment
+from components.docker import cloud_init
+from components.docker.local import DockerHost
 from components.keys import TenantKeys
-from components.program import Deployment
 
 # AMI owners: Canonical and Debian's official AWS account.
 AMI_OWNERS = {"ubuntu-24.04": "099720109477", "debian-13": "136693071363", "debian-12": "136693071363"}
@@ -73,13 +74,19 @@ def _rule(port: int, cidrs: list[str], description: str) -> aws.ec2.SecurityGrou
 
 class DockerVm(pulumi.ComponentResource):
     """An EC2 instance running Docker on an encrypted data volume, and on it the
-    agent servers and Caddy of ``DockerHost``."""
+    agent servers and Caddy of ``DockerHost``.
+
+    The constructor runs the steps in dependency order; each step registers its resources
+    as children of this component and keeps them as attributes."""
 
     security_group: aws.ec2.SecurityGroup
     key_pair: aws.ec2.KeyPair
     data_volume: aws.ebs.Volume
+    user_data: pulumi.Output[str]
     instance: aws.ec2.Instance
+    attachment: aws.ec2.VolumeAttachment
     address: aws.ec2.Eip
+    association: aws.ec2.EipAssociation
     ready: command.remote.Command
     authorized_key: command.remote.Command
     provider: docker.Provider
@@ -87,6 +94,7 @@ class DockerVm(pulumi.ComponentResource):
     records: dict[str, aws.route53.Record]
     ca_certificate: pulumi.Output[str] | None
     urls: dict[str, pulumi.Output[str]]
+    ssh_command: pulumi.Output[str]
 
     def __init__(
         self,
@@ -109,26 +117,56 @@ class DockerVm(pulumi.ComponentResource):
         invoke = pulumi.InvokeOptions(parent=self)
         tags = {"openhands:stack": stack, "Name": self.scope}
 
-        # ---------------------------------------------------------------- network
+        vpc_id, subnet = self._subnet(vm, invoke)
+        self._firewall(name, settings, vm, vpc_id, stack, tags, child)
+        self._data_volume(name, cfg, vm, subnet, tags, child)
+        self._instance(name, vm, subnet, tags, child, invoke)
+        ip = self._address(name, tags, child)
+        hosts = self._dns(name, cfg, ip, child)
+        if vm.daily_snapshots:
+            self._snapshots(name, vm, stack, tags, child, invoke)
+        tls_files = None
+        self.ca_certificate = None
+        if settings.tls_mode == "selfsigned":
+            tls_files = self._certificates(name, stack, list(hosts.values()), ip, child)
+        connection = command.remote.ConnectionArgs(
+            host=ip, user=vm.ssh_user, private_key=private_key, dial_error_limit=40, per_dial_timeout=15,
+        )
+        self._containers(name, cfg, keys, vm, ip, hosts, tls_files, connection, child)
+        self._authorized_key(name, vm, connection, child)
+        self.urls = self.host.urls
+        identity = f"-i {vm.ssh_private_key_path} " if vm.ssh_private_key_path else ""
+        self.ssh_command = pulumi.Output.concat(
+            "ssh ", identity, "-o UserKnownHostsFile=",
+            self.instance.id.apply(known_hosts_file), " ", vm.ssh_user, "@", ip,
+        )
+        self.register_outputs({"publicIp": ip, "urls": self.urls, "dataVolumeId": self.data_volume.id})
+
+    def _subnet(self, vm: VmSettings, invoke: pulumi.InvokeOptions) -> tuple[str, aws.ec2.GetSubnetResult]:
+        """(VPC id, subnet) the VM runs in: the configured ones, else the default VPC's first
+        default subnet. Registers nothing; ConfigError when the default VPC has no default subnet."""
         if vm.subnet_id:
             vpc_id: str = vm.vpc_id  # type: ignore[assignment]  (config requires both)
-            subnet = aws.ec2.get_subnet(id=vm.subnet_id, opts=invoke)
-        else:
-            vpc_id = aws.ec2.get_vpc(default=True, opts=invoke).id
-            default_subnets = aws.ec2.get_subnets(
-                filters=[
-                    aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
-                    aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"]),
-                ],
-                opts=invoke,
-            )
-            if not default_subnets.ids:
-                raise ConfigError("the default VPC has no default subnet; set docker.vm.vpcId and subnetId")
-            # Sorted, so the AZ (and with it the data volume) stays put between runs.
-            subnet = aws.ec2.get_subnet(id=sorted(default_subnets.ids)[0], opts=invoke)
+            return vpc_id, aws.ec2.get_subnet(id=vm.subnet_id, opts=invoke)
+        vpc_id = aws.ec2.get_vpc(default=True, opts=invoke).id
+        default_subnets = aws.ec2.get_subnets(
+            filters=[
+                aws.ec2.GetSubnetsFilterArgs(name="vpc-id", values=[vpc_id]),
+                aws.ec2.GetSubnetsFilterArgs(name="default-for-az", values=["true"]),
+            ],
+            opts=invoke,
+        )
+        if not default_subnets.ids:
+            raise ConfigError("the default VPC has no default subnet; set docker.vm.vpcId and subnetId")
+        # Sorted, so the AZ (and with it the data volume) stays put between runs.
+        return vpc_id, aws.ec2.get_subnet(id=sorted(default_subnets.ids)[0], opts=invoke)
 
-        # Inbound: HTTPS and HTTP (ACME challenge, redirect) from ingressCidrs, SSH from
-        # adminCidrs only; nothing else. Caddy is the only published container.
+    def _firewall(self, name: str, settings: DockerSettings, vm: VmSettings, vpc_id: str, stack: str,
+                  tags: dict[str, str], child: pulumi.ResourceOptions) -> None:
+        """The security group and the EC2 key pair that seeds the first boot's authorized_keys.
+
+        Inbound: HTTPS and HTTP (ACME challenge, redirect) from ingressCidrs, SSH from
+        adminCidrs only; nothing else. Caddy is the only published container."""
         self.security_group = aws.ec2.SecurityGroup(
             f"{name}-sg",
             vpc_id=vpc_id,
@@ -152,10 +190,13 @@ class DockerVm(pulumi.ComponentResource):
             f"{name}-key", key_name_prefix=f"{self.scope}-", public_key=vm.ssh_public_key, tags=tags, opts=child
         )
 
-        # ---------------------------------------------------------------- data volume
-        # The only copy of every tenant's state (Docker's data-root). Kept on destroy
-        # unless retainData is false; a retained volume can be re-attached with
-        # `pulumi import` or restored from a snapshot with vm.dataSnapshotId.
+    def _data_volume(self, name: str, cfg: StackConfig, vm: VmSettings, subnet: aws.ec2.GetSubnetResult,
+                     tags: dict[str, str], child: pulumi.ResourceOptions) -> None:
+        """The encrypted EBS volume that holds Docker's data-root: the only copy of every tenant's state.
+
+        Kept on destroy unless retainData is false; a retained volume can be re-attached with
+        `pulumi import` or restored from a snapshot with vm.dataSnapshotId. Tagged for the
+        snapshot policy."""
         self.data_volume = aws.ebs.Volume(
             f"{name}-data",
             availability_zone=subnet.availability_zone,
@@ -168,7 +209,10 @@ class DockerVm(pulumi.ComponentResource):
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
         )
 
-        # ---------------------------------------------------------------- instance
+    def _instance(self, name: str, vm: VmSettings, subnet: aws.ec2.GetSubnetResult, tags: dict[str, str],
+                  child: pulumi.ResourceOptions, invoke: pulumi.InvokeOptions) -> None:
+        """The EC2 instance (newest official AMI, cloud-init user data, IMDSv2 only) and the data
+        volume's attachment to it."""
         owner, pattern = ami_filter(vm)
         ami = aws.ec2.get_ami(
             owners=[owner],
@@ -205,12 +249,12 @@ class DockerVm(pulumi.ComponentResource):
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                 encrypted=True, volume_type="gp3", volume_size=vm.root_volume_size, delete_on_termination=True,
             ),
-            tags={**tags, ROLE_LABEL: contract.ROLE},
+            tags={**tags, contract.ROLE_LABEL: contract.ROLE},
             # A newer AMI must not silently replace the host; unattended-upgrades patches it
             # in place. Move to a new image with `pulumi up --replace <instance urn>`.
             # A new sshPublicKey replaces the EC2 key pair, and keyName would replace the
             # instance: ignored, because the key pair only seeds authorized_keys at first
-            # boot; the `authorized-key` command below delivers the configured key instead.
+            # boot; the `authorized-key` command delivers the configured key instead.
             opts=child.merge(pulumi.ResourceOptions(ignore_changes=["ami", "keyName"])),
         )
         self.attachment = aws.ec2.VolumeAttachment(
@@ -224,6 +268,9 @@ class DockerVm(pulumi.ComponentResource):
             # volume attaches to one instance at a time (VolumeInUse otherwise).
             opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
+
+    def _address(self, name: str, tags: dict[str, str], child: pulumi.ResourceOptions) -> pulumi.Output[str]:
+        """The Elastic IP and its association with the instance; returns the public IP."""
         self.address = aws.ec2.Eip(f"{name}-ip", domain="vpc", tags=tags, opts=child)
         self.association = aws.ec2.EipAssociation(
             f"{name}-ip-association", instance_id=self.instance.id, allocation_id=self.address.allocation_id,
@@ -231,9 +278,14 @@ class DockerVm(pulumi.ComponentResource):
             # would take the address off the new instance.
             opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
         )
-        ip = self.address.public_ip
+        return self.address.public_ip
 
-        # ---------------------------------------------------------------- names and DNS
+    def _dns(self, name: str, cfg: StackConfig, ip: pulumi.Output[str],
+             child: pulumi.ResourceOptions) -> dict[str, pulumi.Input[str]]:
+        """Each tenant's host name (``<tenant>.<domain>``, else an sslip.io name of the IP), and
+        with vm.hostedZoneId its Route 53 A record. Returns the hosts by tenant."""
+        settings = cfg.settings
+        vm: VmSettings = settings.vm
         hosts: dict[str, pulumi.Input[str]]
         if settings.domain:
             hosts = {t: settings.host_for(t) for t in cfg.tenants}
@@ -246,23 +298,15 @@ class DockerVm(pulumi.ComponentResource):
                     f"{name}-{t}-dns", zone_id=vm.hosted_zone_id, name=hosts[t], type="A", ttl=300, records=[ip],
                     opts=child,
                 )
+        return hosts
 
-        # ---------------------------------------------------------------- backups
-        if vm.daily_snapshots:
-            self._snapshots(name, vm, stack, tags, child, invoke)
-
-        # ---------------------------------------------------------------- TLS
-        tls_files = None
-        self.ca_certificate = None
-        if settings.tls_mode == "selfsigned":
-            tls_files = self._certificates(name, stack, list(hosts.values()), ip, child)
-
-        # ---------------------------------------------------------------- Docker over SSH
-        # Wait for cloud-init, then check the data disk is mounted now and Docker runs on it,
-        # or fail with cloud-init's log.
-        connection = command.remote.ConnectionArgs(
-            host=ip, user=vm.ssh_user, private_key=private_key, dial_error_limit=40, per_dial_timeout=15,
-        )
+    def _containers(self, name: str, cfg: StackConfig, keys: Mapping[str, TenantKeys], vm: VmSettings,
+                    ip: pulumi.Output[str], hosts: dict[str, pulumi.Input[str]],
+                    tls_files: tuple[pulumi.Output[str], pulumi.Output[str]] | None,
+                    connection: command.remote.ConnectionArgs, child: pulumi.ResourceOptions) -> None:
+        """Docker over SSH: wait for cloud-init (and check the data disk is mounted and Docker runs
+        on it, or fail with cloud-init's log), then a Docker provider on the VM's engine and the
+        ``DockerHost`` (agent servers and Caddy) through it."""
         self.ready = command.remote.Command(
             f"{name}-cloud-init",
             connection=connection,
@@ -292,10 +336,15 @@ class DockerVm(pulumi.ComponentResource):
             tls_files=tls_files,
             opts=child.merge(pulumi.ResourceOptions(providers={"docker": self.provider})),
         )
-        # The configured public key becomes the only one the VM accepts, as the last step
-        # of the deploy (this run still connects with the key it had). Rotation: set the new
-        # sshPublicKey with the old private key still in use, `pulumi up`, then switch the
-        # private key (sshPrivateKeyPath or the agent). The instance is never replaced for it.
+
+    def _authorized_key(self, name: str, vm: VmSettings, connection: command.remote.ConnectionArgs,
+                        child: pulumi.ResourceOptions) -> None:
+        """The configured public key becomes the only one the VM accepts, as the last step of the
+        deploy (this run still connects with the key it had).
+
+        Rotation: set the new sshPublicKey with the old private key still in use, `pulumi up`,
+        then switch the private key (sshPrivateKeyPath or the agent). The instance is never
+        replaced for it."""
         self.authorized_key = command.remote.Command(
             f"{name}-authorized-key",
             connection=connection,
@@ -303,13 +352,6 @@ class DockerVm(pulumi.ComponentResource):
             triggers=[self.instance.id],
             opts=child.merge(pulumi.ResourceOptions(depends_on=[self.host, self.ready])),
         )
-        self.urls = self.host.urls
-        identity = f"-i {vm.ssh_private_key_path} " if vm.ssh_private_key_path else ""
-        self.ssh_command = pulumi.Output.concat(
-            "ssh ", identity, "-o UserKnownHostsFile=",
-            self.instance.id.apply(known_hosts_file), " ", vm.ssh_user, "@", ip,
-        )
-        self.register_outputs({"publicIp": ip, "urls": self.urls, "dataVolumeId": self.data_volume.id})
 
     def _snapshots(self, name: str, vm: VmSettings, stack: str, tags: dict[str, str],
                    child: pulumi.ResourceOptions, invoke: pulumi.InvokeOptions) -> None:
@@ -317,11 +359,7 @@ class DockerVm(pulumi.ComponentResource):
         partition = aws.get_partition(opts=invoke).partition
         self.dlm_role = aws.iam.Role(
             f"{name}-dlm-role",
-            assume_role_policy=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Principal": {"Service": "dlm.amazonaws.com"},
-                               "Action": "sts:AssumeRole"}],
-            }),
+            assume_role_policy=service_trust_policy("dlm.amazonaws.com"),
             tags=tags,
             opts=child,
         )
@@ -406,9 +444,9 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
         "publicIp": host.address.public_ip,
         "sshCommand": host.ssh_command,
         "dataVolumeId": host.data_volume.id,
-        "caddyfile": host.host.proxy.caddyfile,
+        deployment.CADDYFILE: host.host.proxy.caddyfile,
     }
     if host.ca_certificate is not None:
-        exports["caCertificate"] = host.ca_certificate
+        exports[deployment.CA_CERTIFICATE] = host.ca_certificate
     return Deployment(resource=host, urls=host.urls, exports=exports)
 

@@ -3,7 +3,7 @@
 ``openhands doctor [-s STACK]`` runs these checks alone; ``up``, ``preview`` and ``rotate`` run them
 before the engine starts and stop with exit 2 when one fails, so a missing prerequisite never turns
 into a provider timeout or a half-applied stack, and nothing is recorded in the state (the stack is
-not even created). This module is the operator's (components/operator.py); the Pulumi program never
+not even created). This module is the operator's (openhands_cli/main.py); the Pulumi program never
 imports it.
 
 Each check returns one ``Result``: what was checked, what was found, and the fix when it fails.
@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from components import operator
+from components import contract
+from openhands_cli import workspace
 
 Which = Callable[[str], str | None]
 Run = Callable[..., subprocess.CompletedProcess]
@@ -113,21 +114,21 @@ def check_python(project: Path, version: tuple[int, ...] = tuple(sys.version_inf
 
 
 def check_cli(which: Which = shutil.which, run: Run = subprocess.run) -> tuple[Result, str | None]:
-    """The `pulumi` on PATH and its version (>= operator.MIN_CLI_VERSION). Returns (result, its path)."""
-    need = ".".join(map(str, operator.MIN_CLI_VERSION))
+    """The `pulumi` on PATH and its version (>= workspace.MIN_CLI_VERSION). Returns (result, its path)."""
+    need = ".".join(map(str, workspace.MIN_CLI_VERSION))
     name = f"Pulumi CLI (>= {need})"
     exe = which("pulumi")
     if exe is None:
-        return Result(name, False, "no `pulumi` on PATH", operator.INSTALL_HINT), None
+        return Result(name, False, "no `pulumi` on PATH", workspace.INSTALL_HINT), None
     try:
         out = run([exe, "version"], capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
-        return Result(name, False, f"`{exe} version` failed ({exc})", f"reinstall: {operator.INSTALL_HINT}"), None
+        return Result(name, False, f"`{exe} version` failed ({exc})", f"reinstall: {workspace.INSTALL_HINT}"), None
     match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", out)
     if not match:
-        return Result(name, False, f"`{exe} version` printed {out!r}", f"reinstall: {operator.INSTALL_HINT}"), None
-    if tuple(int(p) for p in match.groups()) < operator.MIN_CLI_VERSION:
-        return Result(name, False, f"{exe} is {out}", f"upgrade: {operator.INSTALL_HINT}"), None
+        return Result(name, False, f"`{exe} version` printed {out!r}", f"reinstall: {workspace.INSTALL_HINT}"), None
+    if tuple(int(p) for p in match.groups()) < workspace.MIN_CLI_VERSION:
+        return Result(name, False, f"{exe} is {out}", f"upgrade: {workspace.INSTALL_HINT}"), None
     return Result(name, True, f"{exe} {out}"), exe
 
 
@@ -273,12 +274,12 @@ def _without_secure(value: Any) -> Any:
 def _engine_env(project: Path, environ: Mapping[str, str]) -> dict[str, str] | None:
     """The backend and passphrase the operator would use, without creating them (None: no stack can exist)."""
     env: dict[str, str] = {}
-    local = project / operator.LOCAL_DIR
-    if not environ.get("PULUMI_BACKEND_URL") and operator.logged_in_elsewhere(environ) is None:
+    local = project / workspace.LOCAL_DIR
+    if not environ.get("PULUMI_BACKEND_URL") and workspace.logged_in_elsewhere(environ) is None:
         if not (local / "state").is_dir():
             return None
         env["PULUMI_BACKEND_URL"] = (local / "state").as_uri()
-    if not any(environ.get(k) for k in operator.PASSPHRASE_ENV):
+    if not any(environ.get(k) for k in workspace.PASSPHRASE_ENV):
         if not (local / "passphrase").is_file():
             return None
         env["PULUMI_CONFIG_PASSPHRASE_FILE"] = str(local / "passphrase")
@@ -304,7 +305,8 @@ def _engine_values(project: Path, stack: str, environ: Mapping[str, str]) -> dic
 def load_inputs(project: Path, stack: str, *, exe: str | None, environ: Mapping[str, str] = os.environ) -> StackInputs:
     """The tracked stack file, strictly parsed (ConfigError as `up` reports it). Secret values come from the
     engine when the stack exists; otherwise the checks that need them say they could not check."""
-    from components import config, stackfile
+    from components import config
+    from components.config import stackfile
 
     path = project / "stacks" / f"Pulumi.{stack}.yaml"
     raw = stackfile.read_config(path)
@@ -353,7 +355,7 @@ class _DockerSdk:
 
     def publishers(self, port: int) -> list[tuple[str, str]]:
         found = self.api.containers(filters={"publish": str(port)})
-        return [(c["Names"][0].lstrip("/"), (c.get("Labels") or {}).get(_stack_label(), "")) for c in found]
+        return [(c["Names"][0].lstrip("/"), (c.get("Labels") or {}).get(contract.STACK_LABEL, "")) for c in found]
 
     def has_image(self, ref: str) -> bool:
         import docker.errors
@@ -390,15 +392,11 @@ class _DockerCli:
 
     def publishers(self, port: int) -> list[tuple[str, str]]:
         out = self._call("ps", "--filter", f"publish={port}", "--format",
-                         '{{.Names}}\t{{.Label "' + _stack_label() + '"}}')
+                         '{{.Names}}\t{{.Label "' + contract.STACK_LABEL + '"}}')
         return [tuple(ln.split("\t", 1)) if "\t" in ln else (ln, "") for ln in out.splitlines() if ln]  # type: ignore[misc]
 
     def has_image(self, ref: str) -> bool:
         return self.run([*self.base, "image", "inspect", ref], capture_output=True, timeout=30).returncode == 0
-
-
-def _stack_label() -> str:
-    return "dev.openhands.stack"  # components.docker.STACK_LABEL (not imported: it loads pulumi_docker)
 
 
 def docker_engine(host: str | None, *, which: Which = shutil.which) -> Any:
@@ -477,7 +475,7 @@ def _listening(address: str, port: int) -> bool:
 def check_port(port: int, key: str, address: str, stack: str, engine: Any, *, local: bool) -> Result:
     """The port the proxy publishes: free, or published by this stack's own proxy (a redeploy)."""
     name = f"host port {address}:{port}"
-    ours = f"{operator.PROJECT}/{stack}"
+    ours = f"{workspace.PROJECT}/{stack}"
     try:
         publishers = engine.publishers(port)
     except Exception:  # noqa: BLE001 - the listing is a refinement; the bind test below still runs
@@ -840,8 +838,8 @@ def kube_checks(cfg: Any, stack: str, *, unreadable: set[str] = frozenset(),  # 
     from components import kubernetes as model
 
     settings = cfg.kubernetes
-    prefix = model.name_prefix(settings, operator.PROJECT, stack)
-    namespace = model.namespace_for(settings, prefix)
+    prefix = settings.object_prefix(workspace.PROJECT, stack)
+    namespace = settings.tenants_namespace(prefix)
     gateway = _routing(settings) == "gateway"
     names = ["StorageClass", "Gateway" if gateway else f"IngressClass {settings.ingress_class}", "TLS",
              f"namespace {namespace}", "RBAC"]

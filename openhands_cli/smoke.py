@@ -1,4 +1,4 @@
-"""``python -m components smoke -s STACK``: smoke-test a deployed stack from its outputs.
+"""``openhands smoke -s STACK``: smoke-test a deployed stack from its outputs.
 
 Reads the stack outputs (``pulumi stack output --json --show-secrets`` piped in, a file
 with ``--outputs FILE``, or, with neither, by running that command) and checks every
@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from components import contract
+from components import contract, deployment
 
 REQUEST_TIMEOUT = 10.0
 POLL_INTERVAL = 2.0
@@ -108,7 +108,7 @@ def _pulumi_outputs(stack: str) -> str:
     if exe is None:
         raise SmokeError(
             "no outputs given and no pulumi CLI on PATH; run "
-            f"`pulumi stack output -s {stack} --json --show-secrets | python -m components smoke -s {stack}` "
+            f"`pulumi stack output -s {stack} --json --show-secrets | openhands smoke -s {stack}` "
             "or pass --outputs FILE"
         )
     proc = subprocess.run(
@@ -122,10 +122,10 @@ def _pulumi_outputs(stack: str) -> str:
 
 def targets(outputs: Mapping[str, Any]) -> list[Target]:
     """Each tenant's URL and key from the ``url`` and ``apiKey`` outputs."""
-    urls = outputs.get("url")
+    urls = outputs.get(deployment.URL)
     if not isinstance(urls, dict) or not urls:
         raise SmokeError("the outputs have no `url` map of tenant -> URL; is this a stack of this package?")
-    keys = outputs.get("apiKey")
+    keys = outputs.get(deployment.API_KEY)
     if keys == "[secret]" or (isinstance(keys, dict) and "[secret]" in keys.values()):
         raise SmokeError("apiKey is hidden as [secret]: run `pulumi stack output --json --show-secrets`")
     if not isinstance(keys, dict):
@@ -316,9 +316,9 @@ def resolve_localhost_to_loopback() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m components smoke",
+        prog="openhands smoke",
         description="Smoke-test every tenant of a deployed stack from its outputs.",
-        epilog="example: pulumi stack output -s dev --json --show-secrets | python -m components smoke -s dev",
+        epilog="example: pulumi stack output -s dev --json --show-secrets | openhands smoke -s dev",
     )
     parser.add_argument("-s", "--stack", required=True, help="stack name (labels the report; used to call pulumi)")
     parser.add_argument("--outputs", metavar="FILE|-",

@@ -6,7 +6,7 @@ CLI 3.259.0 built by ``scripts/engine``): a repeated key silently keeps the last
 date becomes the text ``2026-01-01 00:00:00 +0000 UTC``. It also reads ``model:`` (no namespace) as
 ``openhands:model``, so both spellings in one file are a repeated key too. Each of these is refused
 here, and a file the program reads through the real CLI is checked the same way (``config.load``), so
-``pulumi preview``, ``python -m components check`` and the tests agree.
+``pulumi preview``, ``openhands check`` and the tests agree.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from components.config import NAMESPACE, ConfigError, namespace_typos
+from components import contract
+from components.config.errors import NAMESPACE, ConfigError, namespace_typos
 
 # What a stack file may hold at the top level (Pulumi's ProjectStack); anything else is a typo
 # Pulumi would ignore (`confg:` means no config at all).
@@ -212,3 +213,17 @@ def tracked_file(stack: str) -> Path | None:
             path = directory / str(settings.get("stackConfigDir") or ".") / f"Pulumi.{stack}.yaml"
             return path if path.is_file() else None
     return None
+
+
+def stack_file(stack: str) -> Path:
+    return contract.STACKS_DIR / f"Pulumi.{stack}.yaml"
+
+
+def load_stack_config(stack: str, path: Path | None = None) -> dict[str, Any]:
+    """The ``config:`` block of a stack file (``path``, default ``stacks/Pulumi.<stack>.yaml``), keys as
+    Pulumi hands them over (``model:`` becomes ``openhands:model``). Raises FileNotFoundError, or
+    ConfigError naming the file (components/config/stackfile.py: read as strictly as the program reads it)."""
+    path = path or stack_file(stack)
+    if not path.exists():
+        raise FileNotFoundError(f"no stack file {path} (stacks: {', '.join(contract.stack_names())})")
+    return read_config(path)

@@ -3,9 +3,9 @@
 Everything is built with the modal SDK from a typed ``AppSpec``; no source text is
 generated. Two ways in:
 
-* Pulumi (components/modal_deploy.py): the dynamic provider calls ``build_app(spec)``
+* Pulumi (components/modal/deploy.py): the dynamic provider calls ``build_app(spec)``
   and deploys the result.
-* By hand: ``OPENHANDS_MODAL_SPEC='<json>' modal deploy -m components.modal_app``, with
+* By hand: ``OPENHANDS_MODAL_SPEC='<json>' modal deploy -m components.modal.app``, with
   the JSON from ``pulumi stack output modalSpecs`` (one entry per tenant). ``app`` below
   is built from that env var when Modal asks for it.
 
@@ -201,14 +201,14 @@ def spec_from_env(environ: dict[str, str] | None = None) -> AppSpec:
         raise RuntimeError(
             f"{SPEC_ENV} is not set: export one tenant's spec, e.g.\n"
             f"  export {SPEC_ENV}=\"$(pulumi stack output modalSpecs --json -s modal | jq -c .default)\"\n"
-            "  modal deploy -m components.modal_app"
+            "  modal deploy -m components.modal.app"
         )
     return AppSpec.from_dict(json.loads(raw))
 
 
 def __getattr__(name: str) -> Any:
     # ``app`` is built on first access, from the env: importing this module (Pulumi, tests,
-    # the container) needs no env, while ``modal deploy -m components.modal_app`` gets it.
+    # the container) needs no env, while ``modal deploy -m components.modal.app`` gets it.
     if name == "app":
         value = build_app(spec_from_env())
         globals()["app"] = value
