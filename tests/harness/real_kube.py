@@ -1,7 +1,7 @@
 """Fixtures for tests against a real Kubernetes API server (tests/real/kubernetes/test_kube_real.py).
 
 The cluster: the kubeconfig in ``$OPENHANDS_TEST_KUBECONFIG`` (``.ci/run`` starts one with
-``scripts/kube start`` and exports it), else one this session starts with ``scripts/kube``
+``scripts/kube start`` and exports it), else one this session starts with ``scripts/kube start --no-node``
 when its binaries are already cached (it never builds them here: that takes tens of
 minutes) and stops by PID at the end. With ``CI=true`` a missing cluster fails; elsewhere
 the tests skip with one reason.
@@ -58,7 +58,9 @@ def kube_cluster() -> Iterator[Cluster]:
         cached = subprocess.run([str(SCRIPT), "cached"], capture_output=True, text=True)
         if cached.returncode != 0:
             _unavailable(f"set {ENV}, or build the control plane with `scripts/kube build` (tens of minutes)")
-        run = subprocess.run([str(SCRIPT), "start"], capture_output=True, text=True, timeout=300)
+        # The API server alone (about 10 s): the real node, controller and enforcer take a minute more,
+        # and the tests that need them (tests/real/kubernetes/test_kube_pods.py) start their own.
+        run = subprocess.run([str(SCRIPT), "start", "--no-node"], capture_output=True, text=True, timeout=300)
         if run.returncode != 0:
             pytest.fail(f"scripts/kube start failed:\n{run.stderr[-3000:]}", pytrace=False)
         kubeconfig = run.stdout.strip().splitlines()[-1]
