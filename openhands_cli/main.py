@@ -583,8 +583,8 @@ def run_preflight(project: Path, stack: str, out: TextIO, *, strict: bool, exe: 
         raise OperatorError(f"preflight: {len(blocking)} check(s) failed ({', '.join(r.name for r in blocking)}); "
                             "nothing was changed", EXIT_USAGE)
     unknown = sum(r.ok is None for r in report.results)
-    print(f"preflight: {len(report.results) - unknown} checks passed"
-          + (f", {unknown} could not run (--strict makes them fail)" if unknown else ""), file=out, flush=True)
+    note = f", {unknown} warned or could not run (--strict makes them fail)" if unknown else ""
+    print(f"preflight: {len(report.results) - unknown} checks passed{note}", file=out, flush=True)
     return 0
 
 

@@ -13,7 +13,8 @@ secret this run cannot decrypt; blocks only with ``--strict``). Checks per stack
 * every stack: the Python against ``.python-version``, the Pulumi CLI version, each provider plugin
   the model needs (installed, on PATH, or downloadable by the CLI);
 * Docker on this machine (``local``): the engine answers, its API version, the published ports are
-  free (or held by this stack's own proxy), disk space for the images and volumes;
+  free (or held by this stack's own proxy), disk space for the images and volumes, and live-restore
+  (a warning when off: a crash of dockerd would leave every tenant down);
 * Docker on a VM (``vm``): the SSH client and the deploy key (the engine is on the VM the stack
   creates), plus the AWS checks;
 * Kubernetes: the context answers with a supported version, the StorageClass (or a default one), the
@@ -353,6 +354,11 @@ class _DockerSdk:
     def root_dir(self) -> str:
         return str(self.api.info().get("DockerRootDir") or "")
 
+    def live_restore(self) -> bool | None:
+        """``docker info``'s LiveRestoreEnabled (None: the engine does not say)."""
+        value = self.api.info().get("LiveRestoreEnabled")
+        return value if isinstance(value, bool) else None
+
     def publishers(self, port: int) -> list[tuple[str, str]]:
         found = self.api.containers(filters={"publish": str(port)})
         return [(c["Names"][0].lstrip("/"), (c.get("Labels") or {}).get(contract.STACK_LABEL, "")) for c in found]
@@ -389,6 +395,9 @@ class _DockerCli:
 
     def root_dir(self) -> str:
         return self._call("info", "--format", "{{.DockerRootDir}}").strip()
+
+    def live_restore(self) -> bool | None:
+        return {"true": True, "false": False}.get(self._call("info", "--format", "{{.LiveRestoreEnabled}}").strip())
 
     def publishers(self, port: int) -> list[tuple[str, str]]:
         out = self._call("ps", "--filter", f"publish={port}", "--format",
@@ -450,7 +459,30 @@ def docker_checks(cfg: Any, stack: str, *, environ: Mapping[str, str] = os.envir
     out += [check_port(port, key, settings.publish_address, stack, engine, local=_is_local_engine(host))
             for port, key in ((settings.https_port, "docker.httpsPort"), (settings.http_port, "docker.httpPort"))]
     out.append(check_disk(cfg, engine, local=_is_local_engine(host), free_bytes=free_bytes))
+    out.append(check_live_restore(engine, local=_is_local_engine(host)))
     return out
+
+
+LIVE_RESTORE_FIX = ('add "live-restore": true to /etc/docker/daemon.json{where} (merged with what is there), then '
+                    "`sudo systemctl reload docker`: a reload applies it, running containers keep running "
+                    "(Docker Desktop: Settings > Docker Engine)")
+
+
+def check_live_restore(engine: Any, *, local: bool = True) -> Result:
+    """The engine's live-restore. Off, a crash of dockerd leaves every tenant down until someone starts the
+    containers again (docs/faults.md): a warning, not a failure, since the stack leaves the daemon as it is."""
+    name = "Docker live-restore"
+    try:
+        enabled = engine.live_restore()
+    except Exception as exc:  # noqa: BLE001 - the engine did not say (an older fake, a CLI error)
+        return _na(name, f"the engine did not report it ({' '.join(str(exc).split())[:120]})")
+    if enabled is None:
+        return _na(name, "the engine does not report LiveRestoreEnabled")
+    if enabled:
+        return Result(name, True, "on: containers keep running while dockerd restarts or crashes")
+    return Result(name, None, "off: if dockerd crashes, every tenant stays down until its container is started "
+                  "again (a graceful restart recovers by itself)",
+                  LIVE_RESTORE_FIX.format(where="" if local else " of the engine's host"))
 
 
 def _bind_error(address: str, port: int) -> OSError | None:

@@ -19,6 +19,7 @@ from components.config.docker import (  # noqa: F401
     EBS_IOPS,
     EBS_SIZE,
     DockerSettings,
+    ProxyLimits,
     VmSettings,
     ebs_iops_problem,
     ebs_size_problem,

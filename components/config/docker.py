@@ -255,6 +255,25 @@ class VmSettings(ConfigModel):
         return "arm64" if _GRAVITON_RE.match(self.instance_type) else "x86_64"
 
 
+class ProxyLimits(ConfigModel):
+    """What one client may hold in the Caddy proxy (docs/local.md, "Limits"); the defaults keep
+    long-lived WebSockets working. Rendered into the Caddyfile by components/docker/caddy.py."""
+
+    # A larger declared body is answered 413 by Caddy before the server sees a byte; a chunked
+    # body is cut at this size. The agent server's uploads (POST /api/file/upload) stream to disk.
+    max_request_body_mib: int = Field(64, ge=1, le=10240, alias="maxRequestBodyMiB")
+    # From accept to the end of the request headers, TLS handshake included: slow-header clients.
+    read_header_timeout_seconds: int = Field(10, ge=1, le=300)
+    # The whole request body, server-wide. 0 (off) by default: it would cut slow legitimate uploads,
+    # and on HTTP/2 it runs for a stream's whole life, so it would cut a WebSocket carried over HTTP/2.
+    read_body_timeout_seconds: int = Field(0, ge=0, le=86400)
+    # A keep-alive connection waiting for its next request. Never applies to an open WebSocket.
+    idle_timeout_seconds: int = Field(120, ge=1, le=3600)
+    # Connections from Caddy to one tenant's server (requests in flight and idle keep-alives; an open
+    # WebSocket stops counting once upgraded); further requests wait in Caddy. 0: no cap.
+    max_conns_per_tenant: int = Field(256, ge=0, le=100000)
+
+
 class DockerSettings(ConfigModel):
     engine: Literal["local", "vm"] = "local"
     host: str | None = Field(
@@ -277,6 +296,7 @@ class DockerSettings(ConfigModel):
     bind_address: BindAddress | None = None
     # Written out in full: a bare "caddy:2.10.2" silently means Docker Hub (and is warned about).
     caddy_image: ImageRef = "docker.io/library/caddy:2.10.2"
+    proxy: ProxyLimits = Field(default_factory=ProxyLimits)
     vm: VmSettings | None = None
 
     @model_validator(mode="after")

@@ -3,12 +3,24 @@
 Caddy terminates TLS for one site per tenant, redirects plain HTTP to HTTPS, and
 proxies to the tenant's container; its reverse_proxy passes WebSocket upgrades
 (``/sockets/*``) through with no extra setting.
+
+Hostile clients meet the stack's ``docker.proxy`` limits (``ProxyLimits``; docs/local.md, "Limits"),
+rendered with directives Caddy 2.6 (Debian's, the tests' proxy) and 2.10 (the image) both accept:
+the ``servers { timeouts }`` global option, a 413 for a declared body over the limit (``expression``
+matcher on Content-Length, so the server never sees it) with ``request_body { max_size }`` for chunked
+bodies, and ``max_conns_per_host`` on each tenant's own reverse_proxy transport. None of them cuts an
+open WebSocket: Go's server clears a connection's deadlines when reverse_proxy hijacks it for the
+upgrade, and the idle timeout applies only between requests. ``read_body``, off by default, is the
+exception on HTTP/2, where it bounds each stream's body: a WebSocket over HTTP/2 (RFC 8441, which Caddy
+>= 2.9 proxies when Go's extended CONNECT is on) would be cut by it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Literal
+
+from components.config.docker import ProxyLimits
 
 TlsMode = Literal["internal", "acme", "selfsigned"]
 CONFIG_PATH = "/etc/caddy/Caddyfile"
@@ -53,6 +65,37 @@ def _log_filter(wrap: str, indent: str) -> list[str]:
     return [indent + line for line in body]
 
 
+MIB = 1024 * 1024
+
+
+def _server_options(limits: ProxyLimits) -> list[str]:
+    """The ``servers`` global option: every listener's timeouts (HTTP and HTTPS alike)."""
+    timeouts = [f"read_header {limits.read_header_timeout_seconds}s"]
+    if limits.read_body_timeout_seconds:
+        timeouts.append(f"read_body {limits.read_body_timeout_seconds}s")
+    timeouts.append(f"idle {limits.idle_timeout_seconds}s")
+    # No `write` timeout: it would cut long responses (a command run by /api/bash/execute_bash_command
+    # answers when it ends) and, on HTTP/2, a WebSocket carried in a stream.
+    return ["\tservers {", "\t\ttimeouts {", *[f"\t\t\t{t}" for t in timeouts], "\t\t}", "\t}"]
+
+
+def _body_limit(limits: ProxyLimits) -> list[str]:
+    """A site's body limit: 413 at once for a declared Content-Length over it (the connection is
+    closed, so the client does not upload the rest and the server sees nothing), and a cut at the
+    limit for a body without a length (chunked: Caddy >= 2.7 answers 413, 2.6 may answer 502)."""
+    size = limits.max_request_body_mib
+    length = "{http.request.header.Content-Length}"
+    return [
+        f'\t@body_too_large expression `{length} != "" && int({length}) > {size * MIB}`',
+        f'\trespond @body_too_large "request body too large: the limit is {size} MiB" 413 {{',
+        "\t\tclose",
+        "\t}",
+        "\trequest_body {",
+        f"\t\tmax_size {size}MiB",
+        "\t}",
+    ]
+
+
 def caddyfile(
     sites: Mapping[str, str],
     *,
@@ -63,11 +106,14 @@ def caddyfile(
     cert_path: str = CERT_PATH,
     key_path: str = KEY_PATH,
     admin_socket: str | None = ADMIN_SOCKET,
+    limits: ProxyLimits | None = None,
 ) -> str:
     """Render a Caddyfile. ``sites`` maps a public host name to its upstream ``host:port``.
-    ``admin_socket``: where the admin API listens (a unix socket, for the healthcheck); None: off."""
+    ``admin_socket``: where the admin API listens (a unix socket, for the healthcheck); None: off.
+    ``limits``: the stack's ``docker.proxy`` (None: its defaults)."""
     if tls == "acme" and not acme_email:
         raise ValueError("ACME needs an email address")
+    limits = limits or ProxyLimits()
     admin = f"admin unix/{admin_socket}" if admin_socket else "admin off"
     glob = [f"\thttp_port {http_port}", f"\thttps_port {https_port}", f"\t{admin}"]
     if tls == "acme":
@@ -75,6 +121,7 @@ def caddyfile(
     if tls == "internal":
         # Never touch the host's trust store; clients trust the exported root instead.
         glob.append("\tskip_install_trust")
+    glob += _server_options(limits)
     # Caddy's own log (errors included) with the session key scrubbed.
     glob += ["\tlog default {", *_log_filter("console", "\t\t"), "\t}"]
     out = ["# Rendered by openhands-deploy from the stack config. Edits are overwritten.", "{", *glob, "}", ""]
@@ -90,12 +137,15 @@ def caddyfile(
             out.append(f"\ttls {cert_path} {key_path}")
         # Access log (JSON, to the container's log) without the session key.
         out += ["\tlog {", *_log_filter("json", "\t\t"), "\t}"]
+        out += _body_limit(limits)
         out += [
             f"\treverse_proxy {upstream} {{",
             # Stream responses and events as they come instead of buffering them.
             "\t\tflush_interval -1",
-            "\t}",
-            "}",
-            "",
         ]
+        if limits.max_conns_per_tenant:
+            # Each site has its own transport, so the cap is this tenant's alone: requests over it
+            # wait in Caddy, and the other tenants' connections are not counted.
+            out += ["\t\ttransport http {", f"\t\t\tmax_conns_per_host {limits.max_conns_per_tenant}", "\t\t}"]
+        out += ["\t}", "}", ""]
     return "\n".join(out)

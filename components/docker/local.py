@@ -196,6 +196,7 @@ class TlsProxy(pulumi.ComponentResource):
                 http_port=settings.http_port,
                 https_port=settings.https_port,
                 acme_email=settings.acme_email,
+                limits=settings.proxy,  # docker.proxy: what one client may hold (docs/local.md, "Limits")
             )
         )
         uploads = [docker.ContainerUploadArgs(file=caddy.CONFIG_PATH, content=self.caddyfile)]

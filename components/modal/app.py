@@ -40,6 +40,7 @@ SPEC_ENV = "OPENHANDS_MODAL_SPEC"
 # decorator from them on import (it never sees SPEC_ENV).
 WEB_PORT_ENV = "OPENHANDS_MODAL_WEB_PORT"
 STARTUP_TIMEOUT_ENV = "OPENHANDS_MODAL_STARTUP_TIMEOUT"
+# The Modal class name is part of every deployed app (its web endpoint and lookups name it): keep it.
 CLASS_NAME = "AgentServer"
 WEB_METHOD = "serve"
 # The Agent Canvas UI tool module the client asks the server to import (tool_module_qualnames).

@@ -119,11 +119,13 @@ class TargetStats:
     latencies: list[float] = field(default_factory=list)  # seconds, successful calls
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
+    error_times: list[float] = field(default_factory=list)  # time.monotonic() of every failed call
     ws_opened: int = 0
     ws_failed: int = 0  # did not open, or was closed before the end
 
     def error(self, what: str) -> None:
         self.errors += 1
+        self.error_times.append(time.monotonic())
         if len(self.error_samples) < MAX_ERRORS_KEPT:
             self.error_samples.append(what)
 

@@ -20,7 +20,7 @@ import yaml
 
 from components import contract
 from components.config import ConfigError, VmSettings
-from components.docker import caddy, cloud_init
+from components.docker import caddy, cloud_init, local
 from components.docker.vm import ami_filter, sslip_host
 from openhands_cli import render as render_mod
 from openhands_cli.render import Rendered, imported_sdks_for, render
@@ -361,7 +361,7 @@ def test_containers_have_healthchecks_and_keys_only_as_secrets(three: Rendered):
     servers = agent_containers(three)
     assert len(servers) == 3
     for c in servers:
-        assert c.inputs["healthcheck"]["tests"] == list(contract.HEALTHCHECK_COMMAND)
+        assert c.inputs["healthcheck"]["tests"] == local.healthcheck().tests  # the contract's check, start-aware
         assert c.is_secret("envs")
     keys = three.outputs["apiKey"]
     assert "apiKey" in three.secret_outputs and len(set(keys.values())) == 3
@@ -466,7 +466,9 @@ def test_acme_caddyfile_validates_and_uses_lets_encrypt(fixture, request, tmp_pa
     assert sorted(policy["subjects"]) == sorted(f"{t}.agents.example.com" for t in tenants)
     assert {"module": "acme", "email": "ops@example.com"} in policy["issuers"]
     routes = config["apps"]["http"]["servers"]["srv0"]["routes"]
-    upstreams = {r["match"][0]["host"][0]: r["handle"][0]["routes"][0]["handle"][0]["upstreams"][0]["dial"]
+    # The request-body limits run before the proxy in each site: find its reverse_proxy handler.
+    upstreams = {r["match"][0]["host"][0]: next(h["upstreams"][0]["dial"] for s in r["handle"][0]["routes"]
+                                                for h in s["handle"] if h["handler"] == "reverse_proxy")
                  for r in routes}
     assert upstreams == {f"{t}.agents.example.com": f"agent-{t}:{contract.PORT}" for t in tenants}
 

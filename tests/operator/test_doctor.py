@@ -248,6 +248,8 @@ def local_cfg(https: int, http: int, **extra: Any) -> Any:
 
 def test_docker_engine_api_ports_and_disk_pass_on_the_real_engine(docker_client) -> None:
     results = preflight.docker_checks(local_cfg(free_port(), free_port()), "local", environ={})
+    assert results[-1].name == "Docker live-restore"  # a warning when off: test_live_restore_* below
+    results = results[:-1]
     assert [r.ok for r in results] == [True] * 5, [r.line() for r in results]
     names = [r.name for r in results]
     assert names[:2] == ["Docker engine", "Docker API version (>= 1.41)"]
@@ -343,6 +345,51 @@ def test_the_docker_cli_fallback_talks_to_the_same_engine(docker_client) -> None
     assert cli.root_dir() == docker_client.api.info()["DockerRootDir"]
     assert cli.publishers(free_port()) == []
     assert cli.has_image("ghcr.io/openhands/agent-server:0.0.0-not-pulled") is False
+
+
+def test_live_restore_off_on_the_real_engine_is_a_warning_with_the_one_line_fix(docker_client) -> None:
+    """scripts/test starts the CI engine without live-restore, so there the warning shows; on an engine that
+    has it on, the check passes. Either way it never blocks `up` (only --strict makes a warning block)."""
+    import shutil
+
+    enabled = docker_client.api.info()["LiveRestoreEnabled"]
+    if ci.in_ci():
+        assert enabled is False, "scripts/test starts dockerd without live-restore"
+    results = preflight.docker_checks(local_cfg(free_port(), free_port()), "local", environ={})
+    result = one(results, "Docker live-restore")
+    report = preflight.Report("local", results)
+    if enabled:
+        assert result.line() == ("ok    Docker live-restore: on: containers keep running while dockerd restarts "
+                                 "or crashes")
+    else:
+        assert result.ok is None and result.line().startswith(
+            "warn  Docker live-restore: off: if dockerd crashes, every tenant stays down")
+        assert result.fix.startswith('add "live-restore": true to /etc/docker/daemon.json (merged')
+        assert "`sudo systemctl reload docker`" in result.fix
+        assert report.blocking(strict=True)[-1:] == [result]
+    assert result not in report.blocking()
+    exe = shutil.which("docker")
+    if exe is not None:  # the CLI fallback reads the same value
+        assert preflight._DockerCli(None, exe).live_restore() is enabled
+
+
+def test_live_restore_on_passes_and_an_engine_that_does_not_say_is_not_checked() -> None:
+    class Engine(preflight._DockerSdk):  # the SDK's reading of a fake `docker info`
+        def __init__(self, info: dict[str, Any]) -> None:
+            self.api = type("Api", (), {"info": lambda _: info})()
+
+    on = preflight.check_live_restore(Engine({"LiveRestoreEnabled": True}))
+    assert on.line() == "ok    Docker live-restore: on: containers keep running while dockerd restarts or crashes"
+    off = preflight.check_live_restore(Engine({"LiveRestoreEnabled": False}), local=False)
+    assert off.ok is None and "/etc/docker/daemon.json of the engine's host" in off.fix
+    unknown = preflight.check_live_restore(Engine({}))
+    assert unknown.line() == "warn  Docker live-restore: not checked: the engine does not report LiveRestoreEnabled"
+
+    class Old:  # no live_restore at all: not checked, and the other checks still run
+        def live_restore(self) -> bool:
+            raise OSError("docker info failed")
+
+    assert preflight.check_live_restore(Old()).found == "not checked: the engine did not report it (docker info failed)"
 
 
 # --------------------------------------------------------------------------- Docker on a VM
