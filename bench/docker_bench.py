@@ -1,21 +1,25 @@
-"""Docker model on a real engine: apply -> healthy against Compose, the rotation gap, idle memory.
+"""Docker model on a real engine: the two rollout ratios, idle memory, and (``--compose``) Compose.
 
-    uv run python bench/docker_bench.py [--tenants 1 5] [--idle 20]
+    uv run python bench/docker_bench.py [--tenants 1 3] [--designs before after] [--compose] [--idle 5]
 
-Needs a Docker engine, the images of scripts/docker-images, and Compose. What is compared:
-our stack applied by tests/harness/docker_apply.py (pulumi-docker's behaviour, ``wait: true``)
-against ``docker-compose up -d`` of a compose file generated from the SAME render, followed
-by waiting for the same healthchecks. Debian 12 ships Compose v1 (``docker-compose`` 1.29.2,
-``apt-get install docker-compose``), which has no ``--wait``: the script polls the engine
-for what ``docker compose up --wait`` (v2) waits for (every container running, every
-healthcheck ``healthy``). With Compose v2 on PATH (``docker compose``) it uses ``--wait`` itself.
+Needs a Docker engine and the images of scripts/docker-images (Compose only with ``--compose``). Our
+stack is applied by tests/harness/docker_apply.py (pulumi-docker's behaviour, ``wait: true``, the
+Pulumi engine's dependency order). For each tenant count and design, in one run:
 
-For each tenant count, in one run: seconds from apply to all healthy (ours, Compose, ratio);
-the per-tenant unavailability during a key rotation (longest window without a 200 on
-``/ready`` and on an authenticated call, polled through Caddy every 0.1 s) next to the
-replacement's own boot time (container start -> first 200), and idle memory per container.
-Goals (issue 12): at most 1.2x Compose to healthy; a rotation gap no longer than one server
-start plus 2 s.
+- **apply -> all healthy / every server first answered /ready**: seconds of the first apply, against
+  the moment the last server first answered ``/ready`` (asked straight at each server, every 0.1 s,
+  from the moment its container exists). Goal (issue 21): <= 1.2.
+- **rotation gap / solo boot**: each tenant's longest window without a 200 on ``/ready`` or on an
+  authenticated call (polled through Caddy every 0.1 s) during a key rotation, against one server's
+  boot with nothing else starting (its container restarted alone, StartedAt -> first 200). Goal:
+  gap <= solo boot + 1 s at any tenant count. Also: the most tenants down at the same moment.
+- idle memory per container.
+
+``--designs before after``: ``before`` renders the previous rollout in the same run (the start-blind
+15 s healthcheck and every tenant at once; see ``design``), ``after`` this checkout's model.
+``--compose`` also times ``docker-compose up -d`` of a compose file generated from the SAME render,
+waiting for the same healthchecks (Debian 12's Compose v1 has no ``--wait``: the script polls for
+what ``docker compose up --wait`` waits for).
 """
 
 from __future__ import annotations
@@ -219,42 +223,157 @@ def idle_memory_mib(client, name: str) -> float:
     return (mem["usage"] - cache) / 2**20
 
 
-def run_ours(client, tenants: list[str], idle: float, ca_dir: Path) -> dict[str, Any]:
+def _get_ready(ip: str, timeout: float = 1.0) -> bool:
+    """One GET /ready straight to a server on its network (the host reaches the bridge)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(ip, contract.PORT, timeout=timeout)
+    try:
+        conn.request("GET", contract.READINESS_PROBE.path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+class ReadyWatcher(threading.Thread):
+    """During an apply: the moment each tenant's server first answers /ready (time.monotonic()), asked
+    straight at the server every 0.1 s from the moment its container exists."""
+
+    def __init__(self, dep: real_docker.Deployment, tenants: list[str]):
+        super().__init__(daemon=True)
+        self.dep, self.tenants = dep, tenants
+        self.first_ok: dict[str, float] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        ips: dict[str, str] = {}
+        while not self.stop.is_set() and len(self.first_ok) < len(self.tenants):
+            for t in self.tenants:
+                if t in self.first_ok:
+                    continue
+                if t not in ips:
+                    try:
+                        ip = self.dep.server_ip(t)
+                    except Exception:  # noqa: BLE001 - not created or not connected yet
+                        continue
+                    if not ip:
+                        continue
+                    ips[t] = ip
+                if _get_ready(ips[t], timeout=0.5):
+                    self.first_ok[t] = time.monotonic()
+            time.sleep(0.1)
+
+
+def solo_boot(dep: real_docker.Deployment, tenant: str) -> float:
+    """One server's boot with nothing else starting: restart its container (SIGTERM, as a rollout
+    stops it), then seconds from the engine's StartedAt to the first 200 on /ready asked straight."""
+    dep.client.api.restart(f"{dep.prefix}-{tenant}", timeout=contract.STOP_GRACE_SECONDS)
+    started = _started_at(dep, tenant)
+    ip = dep.server_ip(tenant)
+    deadline = time.monotonic() + contract.STARTUP_BUDGET_SECONDS
+    while time.monotonic() < deadline:
+        if _get_ready(ip, timeout=0.5):
+            boot = time.time() - started
+            dep.wait_healthy(tenant)
+            return boot
+        time.sleep(0.1)
+    raise RuntimeError(f"{tenant}: no /ready after a restart")
+
+
+def _started_at(dep: real_docker.Deployment, tenant: str) -> float:
+    # Docker reports UTC with nanoseconds; time.time() is UTC-based too.
+    text = dep.container(tenant)["State"]["StartedAt"]
+    return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+def down_windows(samples: list[tuple[float, bool, bool]]) -> list[tuple[float, float]]:
+    """(start, end) of each run of samples with no 200 (on /ready or the authenticated call)."""
+    out, start = [], None
+    for t, r, a in samples:
+        if not (r and a):
+            start = t if start is None else start
+        elif start is not None:
+            out.append((start, t))
+            start = None
+    if start is not None:
+        out.append((start, samples[-1][0]))
+    return out
+
+
+def most_down_at_once(windows: dict[str, list[tuple[float, float]]]) -> int:
+    events = sorted([(s, 1) for w in windows.values() for s, _ in w] + [(e, -1) for w in windows.values()
+                                                                        for _, e in w])
+    most = now = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def design(name: str):
+    """The model under test: ``after`` (this checkout), or ``before``: the previous release's start-blind
+    healthcheck (first probe one 15 s interval after start) and every tenant rolled out at once."""
+    from components.docker import local
+
+    saved = (local.healthcheck, local.ROLLOUT_WIDTH)
+    if name == "before":
+        local.healthcheck = lambda api=contract.DOCKER_MIN_API: local._healthcheck(  # noqa: SLF001
+            contract.HEALTHCHECK_COMMAND, contract.STARTUP_BUDGET_SECONDS)
+        local.ROLLOUT_WIDTH = 10**6
+
+    class _Restore:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            local.healthcheck, local.ROLLOUT_WIDTH = saved
+
+    return _Restore()
+
+
+def run_ours(client, tenants: list[str], idle: float, ca_dir: Path, model: str) -> dict[str, Any]:
     dep = real_docker.new_deployment(client, "ours", tenants, retainData=False)
     try:
-        t0 = time.monotonic()
-        dep.up()
-        apply_s = time.monotonic() - t0
-        dep.fetch_ca(ca_dir / f"{dep.stack}.crt")
-        for t in tenants:
-            dep.wait_ready(t)
-        time.sleep(idle)
-        memory = {t: idle_memory_mib(client, f"{dep.prefix}-{t}") for t in tenants}
-        proxy_mem = idle_memory_mib(client, dep.proxy)
+        with design(model):
+            watcher = ReadyWatcher(dep, tenants)
+            watcher.start()
+            t0 = time.monotonic()
+            dep.up()
+            apply_s = time.monotonic() - t0
+            watcher.join(timeout=contract.STARTUP_BUDGET_SECONDS)
+            watcher.stop.set()
+            ready_all_s = max(watcher.first_ok.values()) - t0 if len(watcher.first_ok) == len(tenants) else None
+            dep.fetch_ca(ca_dir / f"{dep.stack}.crt")
+            for t in tenants:
+                dep.wait_ready(t)
+            time.sleep(idle)
+            memory = {t: idle_memory_mib(client, f"{dep.prefix}-{t}") for t in tenants}
+            proxy_mem = idle_memory_mib(client, dep.proxy)
+            solo = solo_boot(dep, tenants[0])
 
-        pollers = {t: Poller(dep, t, dep.key(t)) for t in tenants}
-        for p in pollers.values():
-            p.start()
-        time.sleep(2)
-        t_rot = time.time()
-        r0 = time.monotonic()
-        dep.up(**{"keys.rotation": 1})
-        rotate_s = time.monotonic() - r0
-        time.sleep(2)
-        for p in pollers.values():
-            p.stop.set()
-        for p in pollers.values():
-            p.join()
+            pollers = {t: Poller(dep, t, dep.key(t)) for t in tenants}
+            for p in pollers.values():
+                p.start()
+            time.sleep(2)
+            r0 = time.monotonic()
+            dep.up(**{"keys.rotation": 1})
+            rotate_s = time.monotonic() - r0
+            time.sleep(2)
+            for p in pollers.values():
+                p.stop.set()
+            for p in pollers.values():
+                p.join()
         rotation = {}
         for t, p in pollers.items():
-            started = datetime.fromisoformat(dep.container(t)["State"]["StartedAt"][:26].rstrip("Z")).timestamp()
-            # Docker reports UTC; time.time() is UTC-based too.
-            first_ok = p.first_ok_after(started)
-            boot = (first_ok - started) if first_ok else float("nan")
-            rotation[t] = {"gap_ready": p.longest_gap(0), "gap_auth": p.longest_gap(1), "boot": boot,
-                           "started_after_rotation_began": started - t_rot}
-        return {"apply_s": apply_s, "rotate_apply_s": rotate_s, "memory_mib": memory, "proxy_mib": proxy_mem,
-                "rotation": rotation}
+            first_ok = p.first_ok_after(_started_at(dep, t))
+            rotation[t] = {"gap": max(p.longest_gap(0), p.longest_gap(1)),
+                           "boot": (first_ok - _started_at(dep, t)) if first_ok else float("nan")}
+        windows = {t: down_windows(p.samples) for t, p in pollers.items()}
+        return {"apply_s": apply_s, "ready_all_s": ready_all_s, "solo_boot_s": solo, "rotate_apply_s": rotate_s,
+                "memory_mib": memory, "proxy_mib": proxy_mem, "rotation": rotation,
+                "most_down_at_once": most_down_at_once(windows)}
     finally:
         if dep.applier is not None:
             try:
@@ -264,10 +383,36 @@ def run_ours(client, tenants: list[str], idle: float, ca_dir: Path) -> dict[str,
         real_docker.remove_stack(client, dep.prefix)
 
 
+def report(n: int, model: str, ours: dict[str, Any], compose_s: float | None) -> None:
+    rot = ours["rotation"]
+    worst_t = max(rot, key=lambda t: rot[t]["gap"])
+    worst, solo = rot[worst_t], ours["solo_boot_s"]
+    ready = ours["ready_all_s"]
+    print(f"\n{n} tenant(s), {model}")
+    line = f"  apply -> all healthy {ours['apply_s']:.1f} s; every server first answered /ready at "
+    if ready:
+        line += f"{ready:.1f} s; ratio {ours['apply_s'] / ready:.2f} (goal <= 1.2)"
+    else:
+        line += "? (not seen)"
+    if compose_s:
+        line += f"; compose {compose_s:.1f} s (ours/compose {ours['apply_s'] / compose_s:.2f})"
+    print(line)
+    print(f"  rotation: apply {ours['rotate_apply_s']:.1f} s; solo boot {solo:.1f} s; worst tenant ({worst_t}) "
+          f"unavailable {worst['gap']:.1f} s (its server booted in {worst['boot']:.1f} s): ratio "
+          f"{worst['gap'] / solo:.2f}, gap - solo boot {worst['gap'] - solo:+.1f} s (goal <= +1 s); "
+          f"at most {ours['most_down_at_once']} tenant(s) down at once")
+    mem = list(ours["memory_mib"].values())
+    print(f"  idle memory: agent server {min(mem):.0f}-{max(mem):.0f} MiB per tenant, "
+          f"proxy {ours['proxy_mib']:.0f} MiB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tenants", type=int, nargs="+", default=[1, 5])
-    parser.add_argument("--idle", type=float, default=20, help="seconds idle before memory is read")
+    parser.add_argument("--tenants", type=int, nargs="+", default=[1, 3])
+    parser.add_argument("--designs", nargs="+", default=["before", "after"], choices=["before", "after"],
+                        help="the previous rollout (15 s-gated healthcheck, all tenants at once) and/or this one")
+    parser.add_argument("--compose", action="store_true", help="also time Compose on the same render")
+    parser.add_argument("--idle", type=float, default=5, help="seconds idle before memory is read")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     try:
@@ -277,31 +422,27 @@ def main() -> int:
         print(f"cannot run: {exc}", file=sys.stderr)
         return 2
     info = client.version()
-    cmd, has_wait = compose_command()
-    compose_v = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True).stdout.strip()
-    print(f"engine {info['Version']} (API {client.api.api_version}); compose {compose_v} "
-          f"({'up --wait' if has_wait else 'up -d + waiting for healthy: v1 has no --wait'}); images {refs}")
+    line = f"engine {info['Version']} (API {client.api.api_version}); images {refs}"
+    if args.compose:
+        cmd, has_wait = compose_command()
+        compose_v = subprocess.run([*cmd, "version", "--short"], capture_output=True, text=True).stdout.strip()
+        how = "up --wait" if has_wait else "up -d + waiting for healthy: v1 has no --wait"
+        line += f"; compose {compose_v} ({how})"
+    print(line)
     cpus = Path("/proc/cpuinfo").read_text().count("processor")
-    print(f"{datetime.now().isoformat(timespec='minutes')}, {cpus} CPUs")
-    results = {}
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"{datetime.now().isoformat(timespec='minutes')}, {cpus} CPUs, load average {' '.join(load)}")
+    results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.tenants:
             tenants = TENANT_NAMES[:n]
-            ours = run_ours(client, tenants, args.idle, Path(tmp))
-            compose_s = time_compose(client, tenants, Path(tmp) / f"compose{n}")
-            results[n] = {**ours, "compose_s": compose_s}
-            rot = ours["rotation"]
-            worst = max(rot.values(), key=lambda r: max(r["gap_ready"], r["gap_auth"]))
-            print(f"\n{n} tenant(s)")
-            print(f"  apply -> all healthy: ours {ours['apply_s']:.1f} s, compose {compose_s:.1f} s, "
-                  f"ratio {ours['apply_s'] / compose_s:.2f} (goal <= 1.2)")
-            print(f"  rotation: apply {ours['rotate_apply_s']:.1f} s; worst tenant: no 200 on /ready for "
-                  f"{worst['gap_ready']:.1f} s, on the authenticated call for {worst['gap_auth']:.1f} s; "
-                  f"its new server booted in {worst['boot']:.1f} s; gap - boot = "
-                  f"{max(worst['gap_ready'], worst['gap_auth']) - worst['boot']:.1f} s (goal <= 2)")
-            mem = list(ours["memory_mib"].values())
-            print(f"  idle memory: agent server {min(mem):.0f}-{max(mem):.0f} MiB per tenant, "
-                  f"proxy {ours['proxy_mib']:.0f} MiB")
+            for model in args.designs:
+                ours = run_ours(client, tenants, args.idle, Path(tmp), model)
+                compose_s = time_compose(client, tenants, Path(tmp) / f"compose{n}{model}") if args.compose else None
+                results[f"{n}/{model}"] = {**ours, "compose_s": compose_s}
+                report(n, model, ours, compose_s)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    print(f"\nload average at the end {' '.join(load)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

@@ -40,11 +40,62 @@ def _labels(role: str, tenant: str | None = None) -> list[docker.ContainerLabelA
     return labels
 
 
-def healthcheck() -> docker.ContainerHealthcheckArgs:
-    """The contract's readiness check, run inside the container by the engine.
+# The Engine API that has a healthcheck ``start_interval`` (Docker 25). pulumi-docker's Go client refuses
+# to create a container that sets it on an older engine, so the render cannot send it "just in case".
+START_INTERVAL_API = "1.44"
+# While a server starts, the engine probes this often (start_interval on >= 1.44; on 20.10 the interval
+# itself, the probe sleeping the rest of the contract's interval once the server has been ready).
+STARTING_PROBE_SECONDS = 1
+# Where the 20.10 probe notes "this container's server has answered /ready": /dev/shm is a tmpfs the
+# engine mounts afresh at every start of the container, so a restarted server is polled quickly again.
+READY_MARK = "/dev/shm/openhands-ready"
+_POLL_SECONDS = 0.25  # how often the 20.10 probe asks /ready while the server starts
 
-    No ``start_interval`` (API 1.44): the first check runs one interval after start."""
-    return _healthcheck(contract.HEALTHCHECK_COMMAND, contract.STARTUP_BUDGET_SECONDS)
+# Tenants whose containers a rollout replaces at once (chains of this width, in tenant order): each waits
+# for the previous one's replacement to be healthy (``wait: true``), so a key rotation restarts one server
+# at a time and no boot competes with another for the CPU (docs/performance.md, "Rollouts").
+ROLLOUT_WIDTH = 1
+
+
+def healthcheck(api: str = contract.DOCKER_MIN_API) -> docker.ContainerHealthcheckArgs:
+    """The contract's readiness check, run inside the container by the engine, for an engine that
+    speaks ``api``. The render targets the oldest API the stack supports (contract.DOCKER_MIN_API): it
+    runs before any engine is asked, and pulumi-docker refuses a field newer than the engine's API.
+
+    Either way a starting server is asked about once a second, so ``wait: true`` returns (and a rollout
+    moves on) within about a second of the server answering ``/ready``, and a running one every
+    ``HEALTHCHECK_INTERVAL_SECONDS`` with the contract's failure budget:
+
+    - API >= 1.44: ``start_interval`` (probes every second until the first success), else the
+      contract's command and interval.
+    - API 1.41 (Docker 20.10, no ``start_interval``; the first probe runs one ``interval`` after start):
+      ``interval`` is 1 s and the probe itself keeps the steady cadence. Until the server has answered
+      once (``READY_MARK``), it polls ``/ready`` every 0.25 s for up to one contract interval; after
+      that it sleeps ``interval - 1`` s, then checks once. ``timeout`` covers that sleep plus the
+      contract's timeout, so a hung server still fails after ``HEALTHCHECK_RETRIES`` probes."""
+    every = contract.HEALTHCHECK_INTERVAL_SECONDS
+    if _version(api) >= _version(START_INTERVAL_API):
+        return _healthcheck(
+            contract.HEALTHCHECK_COMMAND, contract.STARTUP_BUDGET_SECONDS, start_interval=f"{STARTING_PROBE_SECONDS}s"
+        )
+    rest = every - STARTING_PROBE_SECONDS
+    polls = int(rest / _POLL_SECONDS)
+    script = (
+        f"ready() {{ {contract.HEALTHCHECK_SCRIPT}; }}; m={READY_MARK}; "
+        f"if [[ -e $m ]]; then sleep {rest}; ready; exit; fi; "
+        f'for ((i = 0; i < {polls}; i++)); do ready 2>/dev/null && {{ : >"$m"; exit 0; }}; '
+        f"sleep {_POLL_SECONDS}; done; exit 1"
+    )
+    return _healthcheck(
+        ("CMD", "bash", "-c", script),
+        contract.STARTUP_BUDGET_SECONDS,
+        interval=STARTING_PROBE_SECONDS,
+        timeout=every + contract.HEALTHCHECK_TIMEOUT_SECONDS,
+    )
+
+
+def _version(v: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in v.split("."))
 
 
 def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
@@ -57,14 +108,22 @@ def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
     return _healthcheck(caddy.HEALTHCHECK_COMMAND, caddy.HEALTHCHECK_START_PERIOD_SECONDS)
 
 
-def _healthcheck(command: Sequence[str], start_period_seconds: int) -> docker.ContainerHealthcheckArgs:
-    """A command on the contract's interval, timeout and retries."""
+def _healthcheck(
+    command: Sequence[str],
+    start_period_seconds: int,
+    *,
+    interval: int = contract.HEALTHCHECK_INTERVAL_SECONDS,
+    timeout: int = contract.HEALTHCHECK_TIMEOUT_SECONDS,
+    start_interval: str | None = None,
+) -> docker.ContainerHealthcheckArgs:
+    """A command on the contract's interval, timeout and retries (unless told otherwise)."""
     return docker.ContainerHealthcheckArgs(
         tests=list(command),
-        interval=f"{contract.HEALTHCHECK_INTERVAL_SECONDS}s",
-        timeout=f"{contract.HEALTHCHECK_TIMEOUT_SECONDS}s",
+        interval=f"{interval}s",
+        timeout=f"{timeout}s",
         retries=contract.HEALTHCHECK_RETRIES,
         start_period=f"{start_period_seconds}s",
+        start_interval=start_interval,
     )
 
 
@@ -92,8 +151,11 @@ class DockerTenant(pulumi.ComponentResource):
         keys: TenantKeys,
         cfg: StackConfig,
         volume_driver_opts: Mapping[str, pulumi.Input[str]] | None = None,
+        after: Sequence[pulumi.Resource] = (),
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``after``: containers this tenant's container is created (and replaced) after, once they are
+        healthy (DockerHost's rollout chains). Its network and volume do not wait."""
         # The type token keeps its first name: it is in every deployed stack's URNs.
         super().__init__("openhands:docker:AgentServer", tenant, None, opts)
         prefix = name_prefix()
@@ -155,7 +217,13 @@ class DockerTenant(pulumi.ComponentResource):
             destroy_grace_seconds=contract.STOP_GRACE_SECONDS,
             # The engine strips secretness from inputs before policies see them; declaring the
             # env a secret output keeps it encrypted in state and tells the policy pack so.
-            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True, additional_secret_outputs=["envs"])),
+            # depends_on only (no input flows from ``after``): Pulumi registers this container once those are
+            # done, and a replacement of theirs never deletes this one first.
+            opts=child.merge(
+                pulumi.ResourceOptions(
+                    delete_before_replace=True, additional_secret_outputs=["envs"], depends_on=list(after)
+                )
+            ),
         )
         self.register_outputs(
             {"container": self.container.name, "volume": self.volume.name, "network": self.network.name}
@@ -282,17 +350,20 @@ class DockerHost(pulumi.ComponentResource):
         self.proxy_image = docker.RemoteImage(
             f"{name}-proxy-image", name=settings.caddy_image, keep_locally=True, opts=child
         )
-        self.servers = {
-            t: DockerTenant(
+        # Rollout chains: tenant i's container waits for tenant i - ROLLOUT_WIDTH's to be healthy, so a
+        # change to every tenant (a key rotation, a new image) restarts ROLLOUT_WIDTH servers at a time.
+        self.servers = {}
+        for i, t in enumerate(cfg.tenants):
+            before = cfg.tenants[i - ROLLOUT_WIDTH] if i >= ROLLOUT_WIDTH else None
+            self.servers[t] = DockerTenant(
                 t,
                 image=self.image.image_id,
                 keys=keys[t],
                 cfg=cfg,
                 volume_driver_opts=(volume_driver_opts or {}).get(t),
+                after=[self.servers[before].container] if before else [],
                 opts=child,
             )
-            for t in cfg.tenants
-        }
         self.proxy = TlsProxy(
             f"{name}-proxy",
             image=self.proxy_image.image_id,

@@ -52,7 +52,14 @@ Engine
 
 Pulumi engine
   - Resources are applied in dependency order (inputs' sources, ``depends_on``, and a parent
-    component's dependencies), independent ones in parallel.
+    component's dependencies), independent ones in parallel (``parallel``, the CLI's default of
+    4 per CPU on 2 CPUs). A resource starts only once every dependency's step has finished: the SDK
+    registers it after its dependencies' URNs resolve, which is when their create/update/replace
+    returned (for a container with ``wait: true``, once it is healthy). That is how the Docker
+    model's rollout chains (a tenant's container ``depends_on`` the previous tenant's) replace one
+    tenant at a time.
+  - A ``depends_on``-only dependent is not deleted or replaced along with a delete-before-replace of
+    its dependency: Pulumi's ``calculateDependentReplacements`` follows property dependencies only.
   - A changed input that forces replacement replaces the resource: delete-then-create when the
     resource has ``deleteBeforeReplace`` (the render says so), otherwise create-then-delete
     (which fails on a taken name, as the real provider would).

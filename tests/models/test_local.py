@@ -6,6 +6,7 @@ import shutil
 import subprocess
 
 from components import contract
+from components.docker import local
 from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness import env_of
 from tests.harness.agent_server import free_port
@@ -65,8 +66,8 @@ def test_container_follows_the_contract(one: Rendered):
     assert env["LITELLM_LOCAL_MODEL_COST_MAP"] == "True"
     assert env["OH_SESSION_API_KEYS_0"].strip() and env["OH_SECRET_KEY"].strip()
     hc = server.inputs["healthcheck"]
-    assert hc["tests"] == list(contract.HEALTHCHECK_COMMAND)
-    assert contract.READINESS_PROBE.path in hc["tests"][-1]
+    assert hc["tests"] == local.healthcheck().tests  # the contract's check, start-aware (tests/models/test_rollout.py)
+    assert contract.HEALTHCHECK_SCRIPT in hc["tests"][-1]
     assert hc["startPeriod"] == f"{contract.STARTUP_BUDGET_SECONDS}s"
     assert server.inputs["capabilities"]["drops"] == ["ALL"]
 
@@ -121,7 +122,7 @@ def test_rotation_keeps_the_previous_keys():
 # ----------------------------------------------------------------- the real agent server
 
 
-def test_real_server_with_rendered_env(one: Rendered, start_agent_server):
+def test_real_server_with_rendered_env(one: Rendered, start_agent_server, tmp_path):
     (server_spec,) = agent_containers(one)
     env = env_of(server_spec)
     server = start_agent_server(env, server_spec.inputs["command"])
@@ -135,9 +136,13 @@ def test_real_server_with_rendered_env(one: Rendered, start_agent_server):
     # The rendered Docker healthcheck, run as the engine would (port moved to loopback).
     tests = server_spec.inputs["healthcheck"]["tests"]
     assert tests[:3] == ["CMD", "bash", "-c"]
-    script = tests[3].replace(f"/{contract.PORT} ", f"/{server.port} ")
+    # Its "has been ready" mark moved out of the host's /dev/shm; once set, the steady-state sleep shortened.
+    mark, rest = tmp_path / "ready", contract.HEALTHCHECK_INTERVAL_SECONDS - local.STARTING_PROBE_SECONDS
+    probe = tests[3].replace(local.READY_MARK, str(mark)).replace(f"sleep {rest};", "sleep 0;")
+    script = probe.replace(f"/{contract.PORT} ", f"/{server.port} ")
     assert subprocess.run(["bash", "-c", script], timeout=10).returncode == 0
-    dead = tests[3].replace(f"/{contract.PORT} ", f"/{free_port()} ")
+    assert mark.exists()
+    dead = probe.replace(f"/{contract.PORT} ", f"/{free_port()} ")
     assert subprocess.run(["bash", "-c", dead], timeout=10, capture_output=True).returncode != 0
 
     # State lands in the volume, not in the container's HOME.
