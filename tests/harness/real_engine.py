@@ -112,8 +112,14 @@ class EngineProject:
 
 @pytest.fixture
 def engine_project(pulumi_bin: Path, tmp_path: Path) -> Iterator[EngineProject]:
+    yield make_engine_project(pulumi_bin, tmp_path)
+
+
+def make_engine_project(pulumi_bin: Path, tmp_path: Path) -> EngineProject:
+    """What the ``engine_project`` fixture yields, for any directory (a module-scoped deployment, a bench)."""
     project = tmp_path / "project"
     project.mkdir()
+    (tmp_path / "tmp").mkdir(exist_ok=True)
     shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
     shutil.copytree(ROOT / "stacks", project / "stacks")
     env = {k: v for k, v in os.environ.items() if k not in INHERITED}
@@ -121,6 +127,9 @@ def engine_project(pulumi_bin: Path, tmp_path: Path) -> Iterator[EngineProject]:
     env.update({
         "PATH": os.pathsep.join([str(pulumi_bin), env.get("PATH", "")]),
         "PULUMI_HOME": str(tmp_path / "pulumi-home"),
+        # pulumi-kubernetes writes the kubeconfig it is given to a temp file per configure and never
+        # removes it (os.CreateTemp in its provider): keep those inside the test's own directory.
+        "TMPDIR": str(tmp_path / "tmp"),
         "OPENHANDS_PROJECT_DIR": str(project),
         # The operator and this helper import components/ and tests/ from the checkout.
         "PYTHONPATH": os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
@@ -129,7 +138,21 @@ def engine_project(pulumi_bin: Path, tmp_path: Path) -> Iterator[EngineProject]:
         # (openhands_cli/preflight.py) would stop most of them first. tests/operator/test_doctor.py removes this.
         "OPENHANDS_SKIP_PREFLIGHT": "1",
     })
-    yield EngineProject(project, env)
+    return EngineProject(project, env)
+
+
+def random_standin_bin() -> Path:
+    """The directory holding the test-only ``pulumi-resource-random`` (``scripts/random-standin``: built once,
+    cached); a missing build fails under CI=true and skips elsewhere."""
+    try:
+        proc = subprocess.run(["bash", str(ROOT / "scripts" / "random-standin")], capture_output=True, text=True,
+                              timeout=1800)
+    except (OSError, subprocess.SubprocessError) as exc:
+        unavailable(f"scripts/random-standin did not run: {exc}")
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines or not (Path(lines[-1]) / "pulumi-resource-random").is_file():
+        unavailable(f"the random stand-in did not build: {proc.stderr.strip()[-2000:]}")
+    return Path(lines[-1])
 
 
 # --------------------------------------------------------------------------- helper CLI (subprocess)

@@ -7,9 +7,12 @@ state), kube-apiserver/controller-manager/scheduler/etcd from ``scripts/kube``.
 What stands in, test-only:
 - ``pulumi-resource-random`` is the stand-in built by ``scripts/random-standin`` (the proxy refuses
   the real plugin; users download the real one);
-- kwok plays the node, so pods are marked Ready but nothing runs in them;
-- no ingress controller runs here: tests/harness/ingress_status.py publishes the Ingress status a controller
-  would, which is what the provider's Ingress await waits for.
+- kwok plays the node, so pods are marked Ready but nothing runs in them.
+The Ingress status the provider's await waits for comes from the cluster's real controller when it has
+one: ``scripts/kube start`` (CI's shared cluster) runs caddy-gateway, and the stacks then use its
+IngressClass ``openhands-caddy``. A ``--no-node`` cluster (what tests/harness/real_kube.py starts when
+``OPENHANDS_TEST_KUBECONFIG`` is unset) has no controller: there, and only there,
+tests/harness/ingress_status.py stands in for its status publisher.
 The claims bind to hostPath volumes the test pre-binds (the cluster has no provisioner).
 """
 
@@ -33,6 +36,7 @@ from components.config import parse
 from tests.harness.docs_commands import run_as_written, section_commands
 from tests.harness.ingress_status import IngressStatus
 from tests.harness.real_engine import EngineProject, unavailable
+from tests.harness.real_node import CONTROLLER_CLASS, has_controller
 
 pytest_plugins = ["tests.harness.real_engine", "tests.harness.real_kube"]
 
@@ -129,7 +133,8 @@ def deploy(engine_project: EngineProject, kube, random_standin: Path) -> Iterato
     ambient KUBECONFIG, as a user would), in a fresh namespace, with volumes its claims can bind."""
     engine_project.env["KUBECONFIG"] = kube.cluster.kubeconfig
     engine_project.env["PATH"] = f"{random_standin}:{engine_project.env['PATH']}"
-    made: list[tuple[Deployed, IngressStatus]] = []
+    made: list[tuple[Deployed, IngressStatus | None]] = []
+    controller = has_controller(kube.client)  # caddy-gateway publishes the Ingress status itself
 
     def _deploy(stack: str, tenants: list[str] | None = None) -> Deployed:
         d = Deployed(engine_project, kube, stack, kube.namespace(stack))
@@ -139,8 +144,12 @@ def deploy(engine_project: EngineProject, kube, random_standin: Path) -> Iterato
             d.set("tenants", tenants)
         for tenant in d.tenants():
             d.bind(tenant)
-        publisher = IngressStatus(kube.client, d.namespace)
-        publisher.start()
+        publisher = None
+        if controller:
+            d.set("kubernetes.ingressClass", CONTROLLER_CLASS)
+        else:
+            publisher = IngressStatus(kube.client, d.namespace)
+            publisher.start()
         made.append((d, publisher))
         return d
 
@@ -148,7 +157,8 @@ def deploy(engine_project: EngineProject, kube, random_standin: Path) -> Iterato
     for d, publisher in reversed(made):
         # Whatever a test left deployed goes (its namespace is deleted by the kube fixture).
         d.run("down", "--delete-data", "--yes")
-        publisher.stop()
+        if publisher is not None:
+            publisher.stop()
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:

@@ -1,0 +1,315 @@
+"""The ``k8s`` stack on REAL pods through the user's path, shared by the real-pod engine tests and the bench.
+
+``uv run openhands up/rotate/down`` (the operator CLI → the real Pulumi CLI 3.276.0 and
+pulumi-resource-kubernetes 4.25.0 of ``scripts/engine``) deploys the shipped ``k8s`` stack onto the
+real node of ``scripts/kube start`` (kubelet + containerd + runc, the agent-server image under the
+model's securityContext, claims from the default StorageClass ``local-path``). Only the stack file
+changes, as a user would change it for this cluster:
+
+- ``kubernetes.nodeSelector`` / ``tolerations``: the tainted real node (kwok keeps the scale tests);
+- ``kubernetes.ingressClass: openhands-caddy``: the cluster's real controller (caddy-gateway + Caddy)
+  routes each tenant's host and publishes the Ingress status the provider awaits (no stand-in);
+- ``kubernetes.tls.secretName``: a wildcard certificate from a throwaway CA (openssl) that
+  :class:`TlsSecret` puts into the namespace as soon as the stack creates it;
+- ``storageClass`` removed (the cluster default), a namespace of the test's own.
+
+Clients reach a tenant the way a user does: HTTPS to ``<tenant>.agents.example.com`` on the gateway's
+host port (``DIR/gateway-https-port``, loopback), SNI and certificate checked against the CA.
+Test-only stand-in: ``pulumi-resource-random`` (``scripts/random-standin``).
+
+The real node fits two 1-vCPU tenants (2 CPUs): every user of it takes :func:`node_lock` (the same
+lock file as tests/real/kubernetes/test_kube_pods.py) and leaves no pod behind.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import re
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components import contract
+from tests.harness.caddy_proxy import LoopbackHTTPS
+from tests.harness.kube_apply import ApplyError, Client
+from tests.harness.real_engine import EngineProject
+
+STACK = "k8s"
+NODE = "real-node-0"
+NODE_SELECTOR = {"openhands.dev/node": "real"}
+TOLERATION = {"key": "openhands.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
+INGRESS_CLASS = "openhands-caddy"  # scripts/kube's controller (IngressClass and GatewayClass)
+TLS_SECRET = "openhands-test-tls"
+# The agent server's own line once it listens (uvicorn), in `kubectl logs --timestamps`.
+SERVING_LINE = re.compile(r"Uvicorn running on ")
+
+
+def node_lock_path(kubeconfig: str) -> Path:
+    """The lock every real-pod user of this cluster's node shares (test_kube_pods.py's too)."""
+    return Path("/tmp") / f"openhands-real-node-{hashlib.sha256(kubeconfig.encode()).hexdigest()[:12]}.lock"
+
+
+@contextmanager
+def node_lock(kubeconfig: str) -> Iterator[None]:
+    with open(node_lock_path(kubeconfig), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def ts(value: str) -> float:
+    """An RFC 3339 timestamp (the API's, or kubectl's --timestamps with nanoseconds) as epoch seconds."""
+    value = value.replace("Z", "+00:00")
+    if m := re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", value):
+        value = f"{m.group(1)}.{m.group(2)[:6]}{m.group(3)}"
+    return datetime.fromisoformat(value).timestamp()
+
+
+# ------------------------------------------------------------------ TLS from a Secret the test creates
+
+
+def make_certificate(directory: Path, domain: str) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a ``*.<domain>`` server certificate it signs: (ca.crt, tls.crt, tls.key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
+    key, csr, crt, ext = directory / "tls.key", directory / "tls.csr", directory / "tls.crt", directory / "ext.cnf"
+    ext.write_text(f"subjectAltName=DNS:*.{domain}\nextendedKeyUsage=serverAuth\n"
+                   "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=critical,CA:FALSE\n")
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "2",
+        "-subj", "/CN=openhands test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN=*.{domain}")
+    run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
+        "-out", str(crt), "-days", "2", "-extfile", str(ext))
+    return ca_crt, crt, key
+
+
+class TlsSecret(threading.Thread):
+    """Creates the TLS Secret in the namespace as soon as the stack has created the namespace (the
+    stack creates it, so it cannot exist before ``up``); a cert-manager would do the same."""
+
+    def __init__(self, client: Client, namespace: str, crt: Path, key: Path) -> None:
+        super().__init__(daemon=True, name=f"tls-secret-{namespace}")
+        self.client, self.namespace = client, namespace
+        self.body = json.dumps({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": TLS_SECRET, "namespace": namespace},
+            "data": {"tls.crt": base64.b64encode(crt.read_bytes()).decode(),
+                     "tls.key": base64.b64encode(key.read_bytes()).decode()},
+        })
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(0.3):
+            try:
+                if self.client.get(f"/api/v1/namespaces/{self.namespace}/secrets/{TLS_SECRET}") is None:
+                    self.client.request("POST", f"/api/v1/namespaces/{self.namespace}/secrets", self.body)
+            except ApplyError:  # the namespace does not exist yet, or is terminating
+                continue
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
+
+
+# ------------------------------------------------------------------ one deployed stack
+
+
+@dataclass
+class PodTiming:
+    """One pod's start, from its own status and its own log: container start (kubelet) → the server's
+    "Uvicorn running on" line (the server's own start, the floor) → Ready (its probes)."""
+
+    scheduled: float
+    started: float
+    serving: float
+    ready: float
+
+    @property
+    def server_start(self) -> float:
+        return self.serving - self.started
+
+    @property
+    def probe_lag(self) -> float:
+        return self.ready - self.serving
+
+
+@dataclass
+class PodStack:
+    """The shipped ``k8s`` stack in a project copy, aimed at the real node and the cluster's controller."""
+
+    project: EngineProject
+    client: Client
+    kubectl: str
+    kubeconfig: str
+    namespace: str
+    ca: Path
+    gateway_port: int
+
+    def run(self, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+        return self.project.openhands(*args, "-s", STACK, timeout=timeout)
+
+    def ok(self, *args: str, timeout: float = 900) -> str:
+        proc = self.run(*args, timeout=timeout)
+        text = proc.stdout + proc.stderr
+        if proc.returncode != 0 or "Traceback" in text:
+            pods = self.ctl("-n", self.namespace, "describe", "pods").stdout
+            raise AssertionError(f"openhands {' '.join(args)} failed:\n{text[-6000:]}\n--- pods:\n{pods[-4000:]}")
+        return proc.stdout
+
+    def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.kubectl, "--kubeconfig", self.kubeconfig, *args], capture_output=True, text=True,
+                              timeout=timeout)
+
+    # -- the stack file, edited as a user would
+    def data(self) -> dict[str, Any]:
+        return yaml.safe_load(self.project.stack_file(STACK).read_text())
+
+    def write(self, data: dict[str, Any]) -> None:
+        self.project.stack_file(STACK).write_text(yaml.safe_dump(data, sort_keys=False))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.data()["config"]
+
+    @property
+    def tenants(self) -> list[str]:
+        return self.config["openhands:tenants"]
+
+    @property
+    def domain(self) -> str:
+        return self.config["openhands:kubernetes"]["domain"]
+
+    # -- the cluster's view
+    def names(self, tenant: str) -> dict[str, str]:
+        from components import kubernetes as k8s_model
+        from components.config import parse
+
+        # The names depend on the plain settings only: the secret ones (tenantKeys) stay encrypted.
+        cfg = parse({k.split(":", 1)[1]: json.dumps(v) for k, v in self.config.items()
+                     if k != "openhands:tenantKeys"}, set(), STACK)
+        return k8s_model.names(tenant, cfg.kubernetes.object_prefix("openhands", STACK))
+
+    def get(self, api: str, what: str) -> dict[str, Any] | None:
+        return self.client.get(f"{api}/namespaces/{self.namespace}/{what}")
+
+    def pod_name(self, tenant: str) -> str:
+        return f"{self.names(tenant)['workload']}-0"
+
+    def pod(self, tenant: str) -> dict[str, Any] | None:
+        return self.get("/api/v1", f"pods/{self.pod_name(tenant)}")
+
+    def claim(self, tenant: str) -> dict[str, Any] | None:
+        return self.get("/api/v1", f"persistentvolumeclaims/{self.names(tenant)['claim']}")
+
+    def sts(self, tenant: str) -> dict[str, Any] | None:
+        return self.get("/apis/apps/v1", f"statefulsets/{self.names(tenant)['workload']}")
+
+    def key(self, tenant: str, index: int = 0) -> str:
+        """The tenant's session key ``OH_SESSION_API_KEYS_<index>``, read back from its Secret."""
+        secret = self.get("/api/v1", f"secrets/{self.names(tenant)['secret']}")
+        assert secret is not None, f"{tenant}: no keys Secret"
+        return base64.b64decode(secret["data"][contract.SESSION_KEY_ENV.format(index)]).decode()
+
+    def exec(self, tenant: str, script: str) -> subprocess.CompletedProcess[str]:
+        return self.ctl("-n", self.namespace, "exec", self.pod_name(tenant), "-c", "agent-server", "--",
+                        "bash", "-c", script)
+
+    # -- a client's view: HTTPS through the controller
+    def host(self, tenant: str) -> str:
+        return f"{tenant}.{self.domain}"
+
+    def https(self, tenant: str, path: str, key: str | None = None, method: str = "GET", body: Any = None,
+              timeout: float = 10) -> tuple[int, str]:
+        ctx = ssl.create_default_context(cafile=str(self.ca))
+        conn = LoopbackHTTPS(self.host(tenant), self.gateway_port, context=ctx, timeout=timeout)
+        try:
+            data = json.dumps(body).encode() if body is not None else None
+            headers = {"Host": f"{self.host(tenant)}:{self.gateway_port}"}
+            if key is not None:
+                headers[contract.AUTH_HEADER] = key
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read().decode(errors="replace")
+        finally:
+            conn.close()
+
+    def wait_serving(self, tenant: str, budget: float = 120) -> float:
+        """Monotonic time at which /ready first answered 200 through the controller."""
+        deadline = time.monotonic() + budget
+        last: object = None
+        while time.monotonic() < deadline:
+            try:
+                status, _ = self.https(tenant, contract.READINESS_PROBE.path, timeout=3)
+                if status == 200:
+                    return time.monotonic()
+                last = status
+            except (OSError, ssl.SSLError) as exc:
+                last = exc
+            time.sleep(0.1)
+        raise AssertionError(f"{tenant}: /ready not 200 through the controller within {budget}s (last: {last})")
+
+    def timing(self, tenant: str) -> PodTiming:
+        pod = self.pod(tenant)
+        assert pod is not None
+        (status,) = pod["status"]["containerStatuses"]
+        conditions = {c["type"]: c for c in pod["status"]["conditions"]}
+        logs = self.ctl("-n", self.namespace, "logs", "--timestamps", self.pod_name(tenant), "-c", "agent-server")
+        assert logs.returncode == 0, logs.stderr
+        serving = [ln.split(" ", 1)[0] for ln in logs.stdout.splitlines() if SERVING_LINE.search(ln)]
+        assert serving, f"{tenant}: no {SERVING_LINE.pattern!r} line in its log:\n{logs.stdout[-3000:]}"
+        return PodTiming(scheduled=ts(conditions["PodScheduled"]["lastTransitionTime"]),
+                         started=ts(status["state"]["running"]["startedAt"]),
+                         serving=ts(serving[0]), ready=ts(conditions["Ready"]["lastTransitionTime"]))
+
+    def wait_namespace_gone(self, timeout: float = 180) -> None:
+        self.client.request("DELETE", f"/api/v1/namespaces/{self.namespace}", ok404=True)
+        deadline = time.monotonic() + timeout
+        while self.client.get(f"/api/v1/namespaces/{self.namespace}") is not None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"namespace {self.namespace} still there after {timeout}s")
+            time.sleep(0.5)
+
+
+def new_pod_stack(project: EngineProject, kubeconfig: str, kubectl: str, random_standin: Path, work: Path,
+                  tenants: list[str], namespace: str, cpu: float | None = None) -> tuple[PodStack, TlsSecret]:
+    """Aim the project's ``k8s`` stack at the real node and the controller; start the TLS Secret thread."""
+    project.env["KUBECONFIG"] = kubeconfig
+    project.env["PATH"] = f"{random_standin}:{project.env['PATH']}"
+    client = Client(kubeconfig)
+    port = int((Path(kubeconfig).parent / "gateway-https-port").read_text().strip())
+    path = project.stack_file(STACK)
+    data = yaml.safe_load(path.read_text())
+    config = data["config"]
+    config["openhands:tenants"] = tenants
+    if cpu is not None:
+        config["openhands:resources"]["cpu"] = cpu
+    kube = config["openhands:kubernetes"]
+    kube.pop("storageClass", None)  # the cluster's default class (local-path)
+    kube.update(namespace=namespace, ingressClass=INGRESS_CLASS, tls={"secretName": TLS_SECRET},
+                nodeSelector=NODE_SELECTOR, tolerations=[TOLERATION])
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    ca, crt, key = make_certificate(work / "tls", kube["domain"])
+    secret = TlsSecret(client, namespace, crt, key)
+    secret.start()
+    return PodStack(project, client, kubectl, kubeconfig, namespace, ca, port), secret
