@@ -82,6 +82,13 @@ PLAIN_ENV: dict[str, str] = {
     "OPENHANDS_SUPPRESS_BANNER": "1",
 }
 
+# Conversation leases guard against two servers on one volume (agent_server_facts.md). A crashed
+# server's leases stay held until they expire (45 s), so its conversations answer 404 that long after it
+# restarts. A model whose platform makes a second server on the volume impossible turns them off
+# (0 disables leasing, per the server's config), and the conversations are served at once.
+LEASE_TTL_ENV = "OH_LEASE_TTL_SECONDS"
+NO_LEASES: dict[str, str] = {LEASE_TTL_ENV: "0"}
+
 # Secret env names. The server accepts every OH_SESSION_API_KEYS_<n>, so the
 # previous session key keeps working until the next rotation; OH_PREVIOUS_SECRET_KEYS_<n>
 # are tried when decrypting, so stored secrets survive a secret-key rotation.

@@ -179,7 +179,9 @@ class DockerTenant(pulumi.ComponentResource):
             labels=[docker.VolumeLabelArgs(label=TENANT_LABEL, value=tenant)],
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
         )
-        plain = contract.container_env()
+        # No leases: the container's fixed name means the engine never runs two servers on this volume (a
+        # replacement is created only once the old container is gone, and a crash restarts the same one).
+        plain = contract.container_env(contract.NO_LEASES)
         envs = pulumi.Output.secret(
             keys.env.apply(lambda secret: [f"{k}={v}" for k, v in {**plain, **secret}.items()])
         )
