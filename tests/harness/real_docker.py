@@ -8,6 +8,10 @@ images under the references users get. When either is missing the tests FAIL und
 ``Deployment`` is one rendered ``local`` stack applied by tests/harness/docker_apply.py under a
 unique stack name, on free loopback ports; ``remove_stack`` removes every container,
 network and volume whose name carries that stack's prefix (what a test made).
+
+Another engine than DOCKER_HOST's (a private dockerd, tests/harness/private_dockerd.py): ``engine_at(url)``
+is its client, and a ``Deployment`` with ``docker_host=url`` applies through ``HostApplier`` (the applier,
+its clients on that engine); ``via`` makes the HTTPS calls where that engine publishes its ports.
 """
 
 from __future__ import annotations
@@ -99,6 +103,35 @@ def remove_stack(client: docker.DockerClient, prefix: str) -> None:
             api.remove_volume(v["Name"], force=True)
 
 
+def engine_at(base_url: str) -> docker.DockerClient:
+    """A client of the engine at ``base_url`` (not DOCKER_HOST's), speaking the documented minimum API as
+    ``engine()`` does."""
+    negotiated = docker.DockerClient(base_url=base_url, version="auto", timeout=300)
+    version = negotiated.api.api_version
+    negotiated.close()
+    if _version(version) < _version(DOCKER_MIN_API):
+        unavailable(f"the Docker engine at {base_url} speaks API {version}; the stack needs >= {DOCKER_MIN_API}")
+    client = docker.DockerClient(base_url=base_url, version=DOCKER_MIN_API, timeout=300)
+    client.negotiated_api_version = version  # type: ignore[attr-defined]
+    return client
+
+
+class HostApplier(Applier):
+    """The applier, its per-thread clients on the engine at ``base_url`` instead of DOCKER_HOST's."""
+
+    def __init__(self, client: docker.DockerClient, base_url: str, parallel: int = 8):
+        super().__init__(client, parallel)
+        self.base_url = base_url
+
+    @property
+    def api(self) -> docker.APIClient:
+        api = getattr(self._local, "api", None)
+        if api is None:
+            api = docker.APIClient(base_url=self.base_url, version=self.api_version, timeout=300)
+            self._local.api = api
+        return api
+
+
 # ------------------------------------------------------------------ HTTPS to *.localhost on loopback
 
 
@@ -138,6 +171,11 @@ class Deployment:
     first_steps: list = field(default_factory=list)
     # Applied to every render before it is applied (a test-only variant, e.g. a size-limited volume).
     patch: Callable[[Rendered], Rendered] | None = None
+    # Another engine than DOCKER_HOST's (e.g. ``unix:///tmp/ohpd-x/docker.sock``, a private dockerd): the
+    # applier's clients talk to it too. ``via(fn, *args)`` makes each HTTPS call (a private engine's
+    # network namespace, where its ports are published: tests/harness/private_dockerd.py ``run``).
+    docker_host: str | None = None
+    via: Callable[..., Any] | None = None
 
     @property
     def prefix(self) -> str:
@@ -151,7 +189,7 @@ class Deployment:
 
     def up(self, **extra: Any):
         if self.applier is None:
-            self.applier = Applier(self.client)
+            self.applier = HostApplier(self.client, self.docker_host) if self.docker_host else Applier(self.client)
         self.rendered = self.render(**extra)
         self.last_steps = self.applier.up(self.rendered)
         return self.last_steps
@@ -197,6 +235,8 @@ class Deployment:
     def https(self, tenant: str, path: str, key: str | None = None, **kw: Any) -> tuple[int, str]:
         assert self.ca is not None
         headers = {contract.AUTH_HEADER: key} if key else {}
+        if self.via is not None:
+            return self.via(https, self.host(tenant), self.https_port, path, self.ca, headers, **kw)
         return https(self.host(tenant), self.https_port, path, self.ca, headers, **kw)
 
     def wait_ready(self, tenant: str, budget: float = contract.STARTUP_BUDGET_SECONDS) -> float:
