@@ -300,3 +300,26 @@ def load_targets(dep: Deployment, tenants: list[str], via: str, conversations: M
             out.append(Target(t, ip, contract.PORT, ip, dep.key(t), None, conversations.get(t)))
         return out
     raise ValueError(via)
+
+
+# ------------------------------------------------------------------ conversations
+
+
+def conversation_body() -> dict:
+    """A new conversation's request: a dummy LLM (never called) and the default workspace."""
+    return {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
+            "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}}
+
+
+def new_conversation(dep: Deployment, tenant: str) -> str:
+    """Create a conversation: the server activates it and holds its lease from then on."""
+    status, text = dep.https(tenant, "/api/conversations", dep.key(tenant), method="POST", body=conversation_body())
+    assert status == 201, text[:500]
+    return json.loads(text)["id"]
+
+
+def served(conversation_id: str) -> str:
+    """A path that needs the conversation live on this server (it takes the conversation's lease):
+    its events. The metadata (GET /api/conversations/<id>) is read from disk even while another
+    server holds the lease, so it proves nothing."""
+    return f"/api/conversations/{conversation_id}/events/search"

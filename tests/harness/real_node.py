@@ -11,23 +11,31 @@ starts one, and holds the node's lock while a test runs pods there.
   its ``real-node-0`` is Ready, else one it starts with ``scripts/kube start --node`` (cached
   binaries, root, the image in Docker) and stops by PID on exit. A missing piece fails under
   ``CI=true`` and skips elsewhere (tests/harness/ci.py).
+* ``make_certs``, ``tls_secret``: a throwaway CA, ``*.<domain>`` certificates and their TLS Secret;
+  ``ts``: the API's timestamps as epoch seconds.
 * ``node_lock(kubeconfig)``: the node fits two 1-vCPU tenants at once, so every real-pod test
-  takes turns through this file lock (the same file tests/real/kubernetes/test_kube_pods.py
-  locks, per cluster, across xdist workers). Release it only after your namespaces are gone.
+  takes turns through this file lock (one per cluster, across xdist workers; every real-pod
+  module and the bench take it). Release it only after your namespaces are gone.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
+import ssl
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -134,7 +142,7 @@ def node_cluster(*, need_controller: bool = False) -> Iterator[NodeCluster]:
 
 
 def lock_path(kubeconfig: str) -> Path:
-    """The node's lock file: the same name tests/real/kubernetes/test_kube_pods.py uses."""
+    """The node's lock file, one per cluster."""
     return Path("/tmp") / f"openhands-real-node-{hashlib.sha256(kubeconfig.encode()).hexdigest()[:12]}.lock"
 
 
@@ -159,3 +167,61 @@ def delete_namespaces(client: Client, namespaces: list[str], timeout: float = 18
         if left:
             time.sleep(0.5)
     return left
+
+
+# ------------------------------------------------------------------ timestamps and TLS
+
+
+def ts(value: str) -> float:
+    """RFC 3339 (the API's, or kubectl --timestamps' nanoseconds) as epoch seconds."""
+    value = value.replace("Z", "+00:00")
+    if m := re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", value):
+        value = f"{m.group(1)}.{m.group(2)[:6]}{m.group(3)}"
+    return datetime.fromisoformat(value).timestamp()
+
+
+# ------------------------------------------------------------------ TLS
+
+
+@dataclass
+class Certs:
+    ca: Path
+    ca_cn: str
+    leaves: dict[str, tuple[Path, Path]]  # domain -> (crt, key)
+
+    def der(self, domain: str) -> bytes:
+        return ssl.PEM_cert_to_DER_cert(self.leaves[domain][0].read_text())
+
+
+def make_certs(directory: Path, domains: list[str]) -> Certs:
+    """A throwaway CA and, per domain, a ``*.<domain>`` server certificate it signs (openssl)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
+
+    cn = f"openhands test CA {uuid.uuid4().hex[:6]}"
+    ca_key, ca = directory / "ca.key", directory / "ca.crt"
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+        str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN={cn}",
+        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    leaves = {}
+    for domain in domains:
+        key, csr, crt, ext = (directory / f"{domain}.{s}" for s in ("key", "csr", "crt", "ext"))
+        ext.write_text(f"subjectAltName=DNS:*.{domain}\nextendedKeyUsage=serverAuth\n"
+                       "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n"
+                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
+            "-out", str(csr), "-subj", f"/CN=*.{domain}")
+        run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+            "-out", str(crt), "-days", "2", "-extfile", str(ext))
+        leaves[domain] = (crt, key)
+    return Certs(ca, cn, leaves)
+
+
+def tls_secret(name: str, namespace: str, crt: Path, key: Path) -> dict[str, Any]:
+    """A ``kubernetes.io/tls`` Secret holding ``crt`` and ``key``."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"tls.crt": base64.b64encode(crt.read_bytes()).decode(),
+                     "tls.key": base64.b64encode(key.read_bytes()).decode()}}

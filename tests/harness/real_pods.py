@@ -17,15 +17,13 @@ Clients reach a tenant the way a user does: HTTPS to ``<tenant>.agents.example.c
 host port (``DIR/gateway-https-port``, loopback), SNI and certificate checked against the CA.
 Test-only stand-in: ``pulumi-resource-random`` (``scripts/random-standin``).
 
-The real node fits two 1-vCPU tenants (2 CPUs): every user of it takes :func:`node_lock` (the same
-lock file as tests/real/kubernetes/test_kube_pods.py) and leaves no pod behind.
+The real node fits two 1-vCPU tenants (2 CPUs): every user of it takes ``node_lock``
+(tests/harness/real_node.py) and leaves no pod behind.
 """
 
 from __future__ import annotations
 
 import base64
-import fcntl
-import hashlib
 import http.client
 import json
 import re
@@ -33,10 +31,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,61 +41,25 @@ from components import contract
 from tests.harness.caddy_proxy import LoopbackHTTPS
 from tests.harness.kube_apply import ApplyError, Client
 from tests.harness.real_engine import EngineProject
+from tests.harness.real_node import (  # noqa: F401 - NODE, node_lock: re-exported for the tests and bench
+    CONTROLLER_CLASS,
+    NODE,
+    NODE_SELECTOR,
+    TOLERATION,
+    make_certs,
+    node_lock,
+    tls_secret,
+    ts,
+)
 
 STACK = "k8s"
-NODE = "real-node-0"
-NODE_SELECTOR = {"openhands.dev/node": "real"}
-TOLERATION = {"key": "openhands.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
-INGRESS_CLASS = "openhands-caddy"  # scripts/kube's controller (IngressClass and GatewayClass)
+INGRESS_CLASS = CONTROLLER_CLASS  # scripts/kube's controller (IngressClass and GatewayClass)
 TLS_SECRET = "openhands-test-tls"
 # The agent server's own line once it listens (uvicorn), in `kubectl logs --timestamps`.
 SERVING_LINE = re.compile(r"Uvicorn running on ")
 
 
-def node_lock_path(kubeconfig: str) -> Path:
-    """The lock every real-pod user of this cluster's node shares (test_kube_pods.py's too)."""
-    return Path("/tmp") / f"openhands-real-node-{hashlib.sha256(kubeconfig.encode()).hexdigest()[:12]}.lock"
-
-
-@contextmanager
-def node_lock(kubeconfig: str) -> Iterator[None]:
-    with open(node_lock_path(kubeconfig), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def ts(value: str) -> float:
-    """An RFC 3339 timestamp (the API's, or kubectl's --timestamps with nanoseconds) as epoch seconds."""
-    value = value.replace("Z", "+00:00")
-    if m := re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", value):
-        value = f"{m.group(1)}.{m.group(2)[:6]}{m.group(3)}"
-    return datetime.fromisoformat(value).timestamp()
-
-
 # ------------------------------------------------------------------ TLS from a Secret the test creates
-
-
-def make_certificate(directory: Path, domain: str) -> tuple[Path, Path, Path]:
-    """A throwaway CA and a ``*.<domain>`` server certificate it signs: (ca.crt, tls.crt, tls.key)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_crt = directory / "ca.key", directory / "ca.crt"
-    key, csr, crt, ext = directory / "tls.key", directory / "tls.csr", directory / "tls.crt", directory / "ext.cnf"
-    ext.write_text(f"subjectAltName=DNS:*.{domain}\nextendedKeyUsage=serverAuth\n"
-                   "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=critical,CA:FALSE\n")
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca_crt), "-days", "2",
-        "-subj", "/CN=openhands test CA", "-addext", "basicConstraints=critical,CA:TRUE",
-        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN=*.{domain}")
-    run("x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key), "-CAcreateserial",
-        "-out", str(crt), "-days", "2", "-extfile", str(ext))
-    return ca_crt, crt, key
 
 
 class TlsSecret(threading.Thread):
@@ -110,12 +69,7 @@ class TlsSecret(threading.Thread):
     def __init__(self, client: Client, namespace: str, crt: Path, key: Path) -> None:
         super().__init__(daemon=True, name=f"tls-secret-{namespace}")
         self.client, self.namespace = client, namespace
-        self.body = json.dumps({
-            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": TLS_SECRET, "namespace": namespace},
-            "data": {"tls.crt": base64.b64encode(crt.read_bytes()).decode(),
-                     "tls.key": base64.b64encode(key.read_bytes()).decode()},
-        })
+        self.body = json.dumps(tls_secret(TLS_SECRET, namespace, crt, key))
         self.done = threading.Event()
 
     def run(self) -> None:
@@ -320,7 +274,8 @@ def new_pod_stack(project: EngineProject, kubeconfig: str, kubectl: str, random_
     kube.update(namespace=namespace, ingressClass=INGRESS_CLASS, tls={"secretName": TLS_SECRET},
                 nodeSelector=NODE_SELECTOR, tolerations=[TOLERATION])
     path.write_text(yaml.safe_dump(data, sort_keys=False))
-    ca, crt, key = make_certificate(work / "tls", kube["domain"])
+    certs = make_certs(work / "tls", [kube["domain"]])
+    ca, (crt, key) = certs.ca, certs.leaves[kube["domain"]]
     secret = TlsSecret(client, namespace, crt, key)
     secret.start()
     return PodStack(project, client, kubectl, kubeconfig, namespace, ca, port), secret

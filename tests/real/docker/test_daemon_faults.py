@@ -35,7 +35,6 @@ one skip reason elsewhere. The private daemon and everything it ran are removed 
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import ssl
 import time
@@ -47,7 +46,7 @@ import pytest
 from components import contract
 from tests.harness import ci, private_dockerd, real_docker
 from tests.harness.private_dockerd import PrivateDockerd
-from tests.harness.real_docker import Deployment
+from tests.harness.real_docker import Deployment, new_conversation, served
 
 TENANTS = ["ann", "ben"]
 SECRET = "GITHUB_TOKEN"
@@ -127,17 +126,8 @@ def secret_value(tenant: str) -> str:
     return f"ghp_daemon_{tenant}_0123456789"
 
 
-def new_conversation(dep: Deployment, tenant: str) -> str:
-    body = {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
-            "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}}
-    status, text = dep.https(tenant, "/api/conversations", dep.key(tenant), method="POST", body=body)
-    assert status == 201, text[:500]
-    return json.loads(text)["id"]
 
 
-def served(conversation_id: str) -> str:
-    """Served only by the server holding the conversation's lease (the metadata is read from disk)."""
-    return f"/api/conversations/{conversation_id}/events/search"
 
 
 def probe(dep: Deployment, tenant: str, path: str = contract.READINESS_PROBE.path, timeout: float = 3) -> object:

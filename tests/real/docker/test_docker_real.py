@@ -29,7 +29,7 @@ from components.docker import cloud_init
 from tests.harness import real_docker
 from tests.harness.caddy_proxy import http_redirect
 from tests.harness.docker_apply import CONTAINER, NETWORK, VOLUME, _version
-from tests.harness.real_docker import Deployment
+from tests.harness.real_docker import Deployment, new_conversation, served
 
 ROOT = Path(__file__).resolve().parents[3]
 TENANTS = ["alice", "bob", "carol"]
@@ -69,15 +69,6 @@ def stored(dep: Deployment) -> dict[str, str]:
     return ids
 
 
-def new_conversation(dep: Deployment, tenant: str) -> str:
-    """Create a conversation: the server activates it and holds its lease from then on."""
-    status, body = dep.https(
-        tenant, "/api/conversations", dep.key(tenant), method="POST",
-        body={"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
-              "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}},
-    )
-    assert status == 201, body[:500]
-    return json.loads(body)["id"]
 
 
 class Watch:
@@ -105,11 +96,6 @@ class Watch:
         return self.statuses
 
 
-def served(conversation_id: str) -> str:
-    """A path that needs the conversation live on this server (it takes the conversation's lease):
-    its events. The metadata (GET /api/conversations/<id>) is read from disk even while another
-    server holds the lease, so it proves nothing."""
-    return f"/api/conversations/{conversation_id}/events/search"
 
 
 def assert_state(dep: Deployment, stored: dict[str, str], tenants=TENANTS, key_of=None) -> None:

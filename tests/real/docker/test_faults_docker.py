@@ -41,7 +41,7 @@ from components import contract
 from tests.harness import real_docker
 from tests.harness.docker_apply import VOLUME, ApplyError
 from tests.harness.load_client import load
-from tests.harness.real_docker import Deployment
+from tests.harness.real_docker import Deployment, conversation_body, new_conversation, served
 
 TENANTS = ["alice", "bob", "carol"]
 FULL = "dora"  # on a size-limited volume
@@ -85,16 +85,8 @@ def dep(client, tmp_path_factory) -> Iterator[Deployment]:
             client.api.remove_image(image, force=True)
 
 
-def new_conversation(dep: Deployment, tenant: str) -> str:
-    status, body = dep.https(tenant, "/api/conversations", dep.key(tenant), method="POST",
-                             body=conversation_body())
-    assert status == 201, body[:500]
-    return json.loads(body)["id"]
 
 
-def conversation_body() -> dict:
-    return {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "dummy"}, "tools": []},
-            "workspace": {"working_dir": f"{contract.DATA_DIR}/project"}}
 
 
 def secret_value(tenant: str) -> str:
@@ -113,9 +105,6 @@ def stored(dep: Deployment) -> dict[str, str]:
     return ids
 
 
-def served(conversation_id: str) -> str:
-    """Served only by the server holding the conversation's lease (the metadata is read from disk)."""
-    return f"/api/conversations/{conversation_id}/events/search"
 
 
 def assert_secret(dep: Deployment, tenant: str) -> None:

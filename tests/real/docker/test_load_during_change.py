@@ -25,14 +25,12 @@ import pytest
 from components import contract
 from tests.harness import real_docker
 from tests.harness.load_client import load
-from tests.harness.real_docker import Deployment
+from tests.harness.real_docker import Deployment, new_conversation, served
 from tests.real.docker.test_faults_docker import (
     LEASE_TTL_SECONDS,
     SECRET,
     assert_secret,
-    new_conversation,
     secret_value,
-    served,
     wait_conversation,
 )
 

@@ -35,7 +35,7 @@ from components import kubernetes as k8s_model
 from components.config import parse
 from tests.harness.docs_commands import run_as_written, section_commands
 from tests.harness.ingress_status import IngressStatus
-from tests.harness.real_engine import EngineProject, unavailable
+from tests.harness.real_engine import EngineProject, random_standin_bin
 from tests.harness.real_node import CONTROLLER_CLASS, has_controller
 
 pytest_plugins = ["tests.harness.real_engine", "tests.harness.real_kube"]
@@ -50,15 +50,7 @@ API = {"Service": "core/v1", "Ingress": "networking.k8s.io/v1", "PersistentVolum
 @pytest.fixture(scope="session")
 def random_standin() -> Path:
     """The directory holding the test-only ``pulumi-resource-random`` (built once, cached)."""
-    try:
-        proc = subprocess.run(["bash", str(ROOT / "scripts" / "random-standin")], capture_output=True, text=True,
-                              timeout=1800)
-    except (OSError, subprocess.SubprocessError) as exc:
-        unavailable(f"scripts/random-standin did not run: {exc}")
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines or not (Path(lines[-1]) / "pulumi-resource-random").is_file():
-        unavailable(f"the random stand-in did not build: {proc.stderr.strip()[-2000:]}")
-    return Path(lines[-1])
+    return random_standin_bin()
 
 
 @dataclass

@@ -23,13 +23,10 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -38,78 +35,14 @@ import pytest
 
 from components import contract
 from openhands_cli.render import Rendered, render
-from tests.harness.kube_apply import Applier, ApplyError, Client, StackState
+from tests.harness.kube_apply import Applier, ApplyError, StackState
+from tests.harness.real_node import NODE, NODE_SELECTOR, TOLERATION, NodeCluster, node_lock
 
 ROOT = Path(__file__).resolve().parents[3]
-SCRIPT = ROOT / "scripts" / "kube"
-ENV = "OPENHANDS_TEST_KUBECONFIG_NODE"
-NODE = "real-node-0"
-NODE_SELECTOR = {"openhands.dev/node": "real"}
-TOLERATION = {"key": "openhands.dev/real-node", "operator": "Exists", "effect": "NoSchedule"}
 STORAGE_CLASS = "local-path"  # the default class scripts/kube --node creates
 PROVISIONER = "openhands.dev/local-path"
 INGRESS_IP = "192.0.2.10"  # the Ingress status the applier publishes (no controller here)
 TENANTS = ["alpha", "beta"]
-
-
-def _unavailable(reason: str) -> None:
-    from tests.harness.ci import unavailable  # the one CI guard
-
-    unavailable(f"no real Kubernetes node: {reason}")
-
-
-@dataclass
-class NodeCluster:
-    kubeconfig: str
-    client: Client
-    kubectl: str
-
-    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.kubectl, "--kubeconfig", self.kubeconfig, *args], capture_output=True, text=True, timeout=timeout
-        )
-
-
-def _node_ready(client: Client) -> bool:
-    node = client.get(f"/api/v1/nodes/{NODE}") or {}
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in node.get("status", {}).get("conditions", []))
-
-
-@pytest.fixture(scope="session")
-def node_cluster() -> Iterator[NodeCluster]:
-    cached = subprocess.run([str(SCRIPT), "cached"], capture_output=True, text=True)
-    if cached.returncode != 0:
-        _unavailable("build the cluster with `scripts/kube build` (tens of minutes cold)")
-    kubectl = str(Path(cached.stdout.strip().splitlines()[-1]) / "kubectl")
-    kubeconfig = os.environ.get(ENV)
-    shared = os.environ.get("OPENHANDS_TEST_KUBECONFIG")  # scripts/test's cluster, if started with --node
-    if not kubeconfig and shared and Path(shared).is_file():
-        try:
-            kubeconfig = shared if _node_ready(Client(shared)) else None
-        except Exception:  # noqa: BLE001 - not a usable cluster: start one below
-            kubeconfig = None
-    started: str | None = None
-    if not kubeconfig:
-        if os.geteuid() != 0:
-            _unavailable("`scripts/kube start --node` needs root (a network namespace, cgroups, mounts)")
-        if shutil.which("containerd") is None or not Path("/usr/lib/cni/bridge").exists():
-            _unavailable("install containerd, runc and containernetworking-plugins (Debian)")
-        image = subprocess.run(["docker", "image", "inspect", contract.DEFAULT_IMAGE], capture_output=True)
-        if image.returncode != 0:
-            _unavailable(f"{contract.DEFAULT_IMAGE} is not in Docker (scripts/docker-images builds it)")
-        run = subprocess.run([str(SCRIPT), "start", "--node"], capture_output=True, text=True, timeout=600)
-        if run.returncode != 0:
-            pytest.fail(f"scripts/kube start --node failed:\n{run.stderr[-3000:]}", pytrace=False)
-        kubeconfig = run.stdout.strip().splitlines()[-1]
-        started = str(Path(kubeconfig).parent)
-    client = Client(kubeconfig)
-    try:
-        if not _node_ready(client):
-            _unavailable(f"{kubeconfig}: node {NODE} is not Ready (start the cluster with --node)")
-        yield NodeCluster(kubeconfig, client, kubectl)
-    finally:
-        if started:
-            subprocess.run([str(SCRIPT), "stop", started], capture_output=True, timeout=180)
 
 
 # ------------------------------------------------------------------ helpers
@@ -191,14 +124,7 @@ def namespace(node_cluster: NodeCluster) -> Iterator[str]:
     The node has the machine's CPUs (2 here) and a tenant requests 1 vCPU (Guaranteed QoS), so
     the tests that put real pods there take turns (a file lock, also across xdist workers), and
     each waits until its namespace is gone, its pods' CPU freed, before handing the node on."""
-    import fcntl
-    import hashlib
-
-    lock_path = (
-        Path("/tmp") / f"openhands-real-node-{hashlib.sha256(node_cluster.kubeconfig.encode()).hexdigest()[:12]}.lock"
-    )
-    with open(lock_path, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with node_lock(node_cluster.kubeconfig):
         ns = f"t-pods-{uuid.uuid4().hex[:6]}"
         try:
             yield ns

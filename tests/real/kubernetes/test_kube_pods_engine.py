@@ -33,8 +33,8 @@ import pytest
 
 from components import contract
 from tests.harness.real_engine import make_engine_project, pulumi_bin, random_standin_bin  # noqa: F401 - fixture
+from tests.harness.real_node import NodeCluster
 from tests.harness.real_pods import NODE, PodStack, new_pod_stack, node_lock
-from tests.real.kubernetes.test_kube_pods import NodeCluster, node_cluster  # noqa: F401 - the node cluster fixture
 
 TENANTS = ["alpha", "beta"]
 SECRET = ("GITHUB_TOKEN", "ghp_survives_pods_0123456789")

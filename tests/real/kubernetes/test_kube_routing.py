@@ -54,7 +54,6 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,10 +71,14 @@ from tests.harness.real_node import (
     NODE,
     NODE_SELECTOR,
     TOLERATION,
+    Certs,
     NodeCluster,
     delete_namespaces,
+    make_certs,
     node_cluster,
     node_lock,
+    tls_secret,
+    ts,
 )
 
 pytest_plugins = ["tests.harness.real_engine"]
@@ -158,60 +161,6 @@ ts = [threading.Thread(target=go, args=(n, h, p)) for n, (h, p) in targets.items
 print(json.dumps(out))
 """
 SERVING_LINE = re.compile(r"Uvicorn running on ")
-
-
-def ts(value: str) -> float:
-    """RFC 3339 (the API's, or kubectl --timestamps' nanoseconds) as epoch seconds."""
-    value = value.replace("Z", "+00:00")
-    if m := re.match(r"^(.*T\d\d:\d\d:\d\d)\.(\d+)(.*)$", value):
-        value = f"{m.group(1)}.{m.group(2)[:6]}{m.group(3)}"
-    return datetime.fromisoformat(value).timestamp()
-
-
-# ------------------------------------------------------------------ TLS
-
-
-@dataclass
-class Certs:
-    ca: Path
-    ca_cn: str
-    leaves: dict[str, tuple[Path, Path]]  # domain -> (crt, key)
-
-    def der(self, domain: str) -> bytes:
-        return ssl.PEM_cert_to_DER_cert(self.leaves[domain][0].read_text())
-
-
-def make_certs(directory: Path, domains: list[str]) -> Certs:
-    """A throwaway CA and, per domain, a ``*.<domain>`` server certificate it signs (openssl)."""
-    directory.mkdir(parents=True, exist_ok=True)
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-    cn = f"openhands routing test CA {uuid.uuid4().hex[:6]}"
-    ca_key, ca = directory / "ca.key", directory / "ca.crt"
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-        str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN={cn}",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    leaves = {}
-    for domain in domains:
-        key, csr, crt, ext = (directory / f"{domain}.{s}" for s in ("key", "csr", "crt", "ext"))
-        ext.write_text(f"subjectAltName=DNS:*.{domain}\nextendedKeyUsage=serverAuth\n"
-                       "keyUsage=critical,digitalSignature\nbasicConstraints=critical,CA:FALSE\n"
-                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key),
-            "-out", str(csr), "-subj", f"/CN=*.{domain}")
-        run("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
-            "-out", str(crt), "-days", "2", "-extfile", str(ext))
-        leaves[domain] = (crt, key)
-    return Certs(ca, cn, leaves)
-
-
-def tls_secret(namespace: str, crt: Path, key: Path) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
-            "metadata": {"name": TLS_SECRET, "namespace": namespace},
-            "data": {"tls.crt": base64.b64encode(crt.read_bytes()).decode(),
-                     "tls.key": base64.b64encode(key.read_bytes()).decode()}}
 
 
 # ------------------------------------------------------------------ one deployment
@@ -494,14 +443,14 @@ def _setup(c: NodeCluster, tmp_path: Path, pulumi_bin: Path, standin: Path, infr
     create(c, probe_pod(infra, "allowed", [8080, f"ws:{SILENT_PORT}"]))
     create(c, probe_pod(infra, "excepted", [8080, 53]))
     create(c, probe_service(infra, "excepted", [8080, 53]))
-    create(c, tls_secret(infra, *certs.leaves[domains["gateway"]]))  # a created Gateway's certificateRefs
+    create(c, tls_secret(TLS_SECRET, infra, *certs.leaves[domains["gateway"]]))  # a created Gateway's certificateRefs
     silent = {"ingress": f"silent-ing.{domains['gateway']}", "gateway": f"silent-gw.{domains['gateway']}"}
     for obj in silent_routes(infra, silent["ingress"], silent["gateway"]):
         create(c, obj)
     # The Ingress stack's namespace: made first (restricted, as the model labels its own), with the Secret.
     create(c, {"apiVersion": "v1", "kind": "Namespace",
                "metadata": {"name": ing_ns, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    create(c, tls_secret(ing_ns, *certs.leaves[domains["ingress"]]))
+    create(c, tls_secret(TLS_SECRET, ing_ns, *certs.leaves[domains["ingress"]]))
 
     probes: dict[str, str] = {}
     deadline = time.monotonic() + 120
