@@ -317,24 +317,25 @@ def design(name: str):
     healthcheck (first probe one 15 s interval after start) and every tenant rolled out at once."""
     from components.docker import local
 
-    saved = (local.healthcheck, local.ROLLOUT_WIDTH)
+    saved = local.healthcheck
     if name == "before":
         local.healthcheck = lambda api=contract.DOCKER_MIN_API: local._healthcheck(  # noqa: SLF001
             contract.HEALTHCHECK_COMMAND, contract.STARTUP_BUDGET_SECONDS)
-        local.ROLLOUT_WIDTH = 10**6
 
     class _Restore:
         def __enter__(self):
             return self
 
         def __exit__(self, *exc):
-            local.healthcheck, local.ROLLOUT_WIDTH = saved
+            local.healthcheck = saved
 
     return _Restore()
 
 
 def run_ours(client, tenants: list[str], idle: float, ca_dir: Path, model: str) -> dict[str, Any]:
-    dep = real_docker.new_deployment(client, "ours", tenants, retainData=False)
+    # "before": every tenant rolled out at once (no chain).
+    width = {"docker.rolloutWidth": len(tenants)} if model == "before" else {}
+    dep = real_docker.new_deployment(client, "ours", tenants, retainData=False, **width)
     try:
         with design(model):
             watcher = ReadyWatcher(dep, tenants)

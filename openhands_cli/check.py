@@ -299,19 +299,47 @@ def _throwaway_cert(tmp: str) -> tuple[str, str] | None:
     return (cert, key) if proc.returncode == 0 else None
 
 
+# The release the `local` proxy image carries; the rendered Caddyfile uses directives of Caddy >= 2.7.
+MIN_CADDY = (2, 7)
+
+
+def caddy_tool() -> str | None:
+    """A caddy to validate with: $OPENHANDS_CADDY, else the one scripts/caddy built, else caddy on PATH."""
+    if os.environ.get("OPENHANDS_CADDY"):
+        return os.environ["OPENHANDS_CADDY"]
+    cache = Path(os.environ.get("OPENHANDS_CACHE") or Path.home() / ".cache" / "openhands-deploy") / "caddy-bin"
+    built = sorted(cache.glob("*/caddy"))
+    return str(built[-1]) if built else shutil.which("caddy")
+
+
+def caddy_version(tool: str) -> tuple[int, ...]:
+    """``caddy version``; a build from the Go module says "unknown", scripts/caddy stamps it beside it."""
+    stamp = Path(tool).with_name("VERSION")
+    out = stamp.read_text() if stamp.is_file() else subprocess.run(
+        [tool, "version"], capture_output=True, text=True, timeout=30).stdout
+    found = re.match(r"v?(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(p) for p in found.groups()) if found else (0, 0, 0)
+
+
 def validate_caddy(rendered: harness.Rendered, notes: dict[str, str]) -> Iterator[ValidatorResult]:
     files = []
     for r in rendered.of_type("docker:index/container:Container"):
         for up in r.inputs.get("uploads") or []:
             if str(up.get("file", "")).endswith("Caddyfile") and up.get("content"):
                 files.append((r, str(up["content"])))
+    # The `local` proxy boots with the global options; the sites come with its ProxyRoutes.
+    for r in rendered.of_type("pulumi-python:dynamic/docker:ProxyRoutes"):
+        files.append((r, str(r.inputs.get("caddyfile") or "")))
     if not files:
         return
-    tool = shutil.which("caddy")
+    tool = caddy_tool()
     if not tool:
-        notes["caddy"] = "skipped: caddy is not installed (apt-get install caddy)"
+        notes["caddy"] = "skipped: no caddy (scripts/caddy builds the proxy's release)"
         return
-    notes["caddy"] = "caddy adapt + validate"
+    if caddy_version(tool) < MIN_CADDY:
+        notes["caddy"] = f"skipped: {tool} is older than Caddy 2.7 (scripts/caddy builds the proxy's release)"
+        return
+    notes["caddy"] = f"caddy adapt + validate ({tool})"
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "HOME": tmp, "XDG_DATA_HOME": f"{tmp}/data", "XDG_CONFIG_HOME": f"{tmp}/config"}
         for r, text in files:

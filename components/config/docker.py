@@ -296,8 +296,28 @@ class DockerSettings(ConfigModel):
     bind_address: BindAddress | None = None
     # Written out in full: a bare "caddy:2.10.2" silently means Docker Hub (and is warned about).
     caddy_image: ImageRef = "docker.io/library/caddy:2.10.2"
+    # The Engine API the containers' healthchecks are written for: "auto" asks the engine at deploy time
+    # (a local engine; a VM's is not there yet), a version fixes it (e.g. for a preview with no engine).
+    engine_api: str = Field(
+        "auto",
+        pattern=pattern(r"^(auto|1\.[0-9]{2})$", "'auto' or an Engine API version such as 1.44", "1.44"),
+    )
+    # Tenants a rollout (key rotation, new image) restarts at once: 1 keeps every tenant's gap at its own
+    # boot; more finish a large rotation sooner at the price of boots competing for the CPU.
+    rollout_width: int = Field(1, ge=1, le=1000)
     proxy: ProxyLimits = Field(default_factory=ProxyLimits)
     vm: VmSettings | None = None
+
+    @field_validator("engine_api")
+    @classmethod
+    def _supported_api(cls, value: str) -> str:
+        def v(x: str) -> tuple[int, ...]:
+            return tuple(int(p) for p in x.split("."))
+
+        if value != "auto" and v(value) < v(contract.DOCKER_MIN_API):
+            raise ValueError(f"{value} is older than the oldest engine supported (API {contract.DOCKER_MIN_API}, "
+                             "Docker 20.10)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> DockerSettings:

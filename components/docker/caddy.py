@@ -37,6 +37,9 @@ ADMIN_SOCKET = "/tmp/caddy-admin.sock"
 HEALTHCHECK_COMMAND: tuple[str, ...] = (
     "CMD", "caddy", "reload", "--config", CONFIG_PATH, "--adapter", "caddyfile", "--address", f"unix/{ADMIN_SOCKET}",
 )
+# How long a WebSocket outlives the config that opened it (reverse_proxy's stream_close_delay): a reload
+# for another tenant's change leaves open sockets alone; after this they close and clients reconnect.
+STREAM_CLOSE_DELAY = "1h"
 # Caddy listens within a second; certificates are obtained in the background and do not gate it.
 HEALTHCHECK_START_PERIOD_SECONDS = 30
 
@@ -142,6 +145,9 @@ def caddyfile(
             f"\treverse_proxy {upstream} {{",
             # Stream responses and events as they come instead of buffering them.
             "\t\tflush_interval -1",
+            # A config reload (a tenant added or removed) keeps open WebSockets for this long instead of
+            # closing them at once (Caddy >= 2.7).
+            f"\t\tstream_close_delay {STREAM_CLOSE_DELAY}",
         ]
         if limits.max_conns_per_tenant:
             # Each site has its own transport, so the cap is this tenant's alone: requests over it

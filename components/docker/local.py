@@ -12,11 +12,15 @@ from collections.abc import Mapping, Sequence
 
 import pulumi
 import pulumi_docker as docker
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as pulumi_settings
 
 from components import contract, deployment
 from components.config import StackConfig
+from components.config.docker import DockerSettings
 from components.deployment import Deployment
 from components.docker import caddy
+from components.docker.routes import ProxyRoutes
 from components.keys import TenantKeys
 
 # Labels: which role, tenant and deployment (<project>/<stack>) a container, network or volume belongs to.
@@ -51,10 +55,6 @@ STARTING_PROBE_SECONDS = 1
 READY_MARK = "/dev/shm/openhands-ready"
 _POLL_SECONDS = 0.25  # how often the 20.10 probe asks /ready while the server starts
 
-# Tenants whose containers a rollout replaces at once (chains of this width, in tenant order): each waits
-# for the previous one's replacement to be healthy (``wait: true``), so a key rotation restarts one server
-# at a time and no boot competes with another for the CPU (docs/performance.md, "Rollouts").
-ROLLOUT_WIDTH = 1
 
 
 def healthcheck(api: str = contract.DOCKER_MIN_API) -> docker.ContainerHealthcheckArgs:
@@ -96,6 +96,30 @@ def healthcheck(api: str = contract.DOCKER_MIN_API) -> docker.ContainerHealthche
 
 def _version(v: str) -> tuple[int, ...]:
     return tuple(int(p) for p in v.split("."))
+
+
+def engine_api(settings: DockerSettings) -> str:
+    """The Engine API the healthchecks are written for (``docker.engineApi``). ``auto``: what the engine
+    speaks, asked through the Docker SDK like pulumi-docker's client negotiates it; the oldest supported
+    (contract.DOCKER_MIN_API) for a VM (its engine does not exist yet), under Pulumi's mocks (an offline
+    render asks no engine), or when the engine does not answer (the docker provider then says why)."""
+    if settings.engine_api != "auto":
+        return settings.engine_api
+    if settings.engine == "vm" or isinstance(pulumi_settings.get_monitor(), pulumi_mocks.MockMonitor):
+        return contract.DOCKER_MIN_API
+    try:
+        import docker as docker_sdk  # the Docker SDK for Python (pulumi_docker is imported as ``docker`` here)
+
+        host = settings.host
+        client = (docker_sdk.DockerClient(base_url=host, version="auto", timeout=10,
+                                          use_ssh_client=host.startswith("ssh://"))
+                  if host else docker_sdk.from_env(version="auto", timeout=10))
+        speaks = str(client.api.version()["ApiVersion"])
+    except Exception as exc:  # noqa: BLE001 - any failure: the oldest API, which every engine accepts
+        pulumi.log.warn(f"docker.engineApi auto: the engine did not say its API version ({exc}); "
+                        f"writing healthchecks for API {contract.DOCKER_MIN_API}")
+        return contract.DOCKER_MIN_API
+    return speaks
 
 
 def proxy_healthcheck() -> docker.ContainerHealthcheckArgs:
@@ -152,9 +176,11 @@ class DockerTenant(pulumi.ComponentResource):
         cfg: StackConfig,
         volume_driver_opts: Mapping[str, pulumi.Input[str]] | None = None,
         after: Sequence[pulumi.Resource] = (),
+        api: str = contract.DOCKER_MIN_API,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
-        """``after``: containers this tenant's container is created (and replaced) after, once they are
+        """``api``: the Engine API its healthcheck is written for (``engine_api``).
+        ``after``: containers this tenant's container is created (and replaced) after, once they are
         healthy (DockerHost's rollout chains). Its network and volume do not wait."""
         # The type token keeps its first name: it is in every deployed stack's URNs.
         super().__init__("openhands:docker:AgentServer", tenant, None, opts)
@@ -198,7 +224,7 @@ class DockerTenant(pulumi.ComponentResource):
             networks_advanced=[
                 docker.ContainerNetworksAdvancedArgs(name=self.network.name, aliases=[f"agent-{tenant}"])
             ],
-            healthcheck=healthcheck(),
+            healthcheck=healthcheck(api),
             restart="unless-stopped",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
             security_opts=["no-new-privileges"],
@@ -248,8 +274,12 @@ class TlsProxy(pulumi.ComponentResource):
         sites: Mapping[str, pulumi.Input[str]],
         cfg: StackConfig,
         tls_files: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
+        live_routes: str | bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``live_routes``: False renders the sites and tenant networks into the container (any change
+        replaces it); True (or the engine's URL) applies them in place with ``ProxyRoutes``, over the
+        Docker SDK on the engine the docker provider uses (True: DOCKER_HOST or the local socket)."""
         super().__init__("openhands:docker:TlsProxy", name, None, opts)
         settings = cfg.settings
         prefix = name_prefix()
@@ -259,17 +289,23 @@ class TlsProxy(pulumi.ComponentResource):
         if mode == "selfsigned" and tls_files is None:
             raise ValueError("tls 'selfsigned' needs a certificate and key")
 
-        self.caddyfile = pulumi.Output.all(*[sites[t] for t in tenants]).apply(
-            lambda hosts: caddy.caddyfile(
-                {h: upstream(t) for t, h in zip(tenants, hosts, strict=True)},
+        def render(hosts: Mapping[str, str]) -> str:  # tenant -> its public host
+            return caddy.caddyfile(
+                {h: upstream(t) for t, h in hosts.items()},
                 tls=mode,
                 http_port=settings.http_port,
                 https_port=settings.https_port,
                 acme_email=settings.acme_email,
                 limits=settings.proxy,  # docker.proxy: what one client may hold (docs/local.md, "Limits")
             )
+
+        self.caddyfile = pulumi.Output.all(*[sites[t] for t in tenants]).apply(
+            lambda hosts: render(dict(zip(tenants, hosts, strict=True)))
         )
-        uploads = [docker.ContainerUploadArgs(file=caddy.CONFIG_PATH, content=self.caddyfile)]
+        # live_routes: the container starts with the global options only and ProxyRoutes adds the sites and
+        # the tenant networks in place, so adding or removing a tenant never replaces the proxy.
+        boot = render({}) if live_routes else self.caddyfile
+        uploads = [docker.ContainerUploadArgs(file=caddy.CONFIG_PATH, content=boot)]
         if tls_files is not None:
             cert, key = tls_files
             uploads += [
@@ -288,6 +324,20 @@ class TlsProxy(pulumi.ComponentResource):
             name=f"{prefix}-caddy-data",
             opts=child.merge(pulumi.ResourceOptions(retain_on_delete=cfg.retain_data)),
         )
+        if live_routes:
+            # Its own network, fixed for the container's life (egress for ACME); the tenants' networks
+            # are joined and left in place by ProxyRoutes.
+            self.network = docker.Network(
+                f"{name}-network",
+                name=f"{prefix}-proxy-net",
+                labels=[docker.NetworkLabelArgs(label=STACK_LABEL,
+                                                value=f"{pulumi.get_project()}/{pulumi.get_stack()}")],
+                opts=child,
+            )
+            own_networks = [docker.ContainerNetworksAdvancedArgs(name=self.network.name)]
+        else:
+            # On every tenant's network (and only there): the upstreams are the tenants' aliases.
+            own_networks = [docker.ContainerNetworksAdvancedArgs(name=networks[t].name) for t in tenants]
         self.container = docker.Container(
             f"{name}-caddy",
             name=f"{prefix}-proxy",
@@ -307,8 +357,7 @@ class TlsProxy(pulumi.ComponentResource):
                 ),
             ],
             volumes=[docker.ContainerVolumeArgs(volume_name=self.data.name, container_path=caddy.DATA_DIR)],
-            # On every tenant's network (and only there): the upstreams are the tenants' aliases.
-            networks_advanced=[docker.ContainerNetworksAdvancedArgs(name=networks[t].name) for t in tenants],
+            networks_advanced=own_networks,
             healthcheck=proxy_healthcheck(),
             restart="unless-stopped",
             capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"], adds=["NET_BIND_SERVICE"]),
@@ -317,8 +366,24 @@ class TlsProxy(pulumi.ComponentResource):
             log_opts={"max-size": "10m", "max-file": "5"},
             labels=_labels(contract.TLS_PROXY_ROLE),
             destroy_grace_seconds=contract.STOP_GRACE_SECONDS,  # Caddy drains connections on SIGTERM
-            opts=child.merge(pulumi.ResourceOptions(delete_before_replace=True)),
+            opts=child.merge(pulumi.ResourceOptions(
+                delete_before_replace=True,
+                # ProxyRoutes attaches the tenant networks; a `pulumi refresh` reads them back into the
+                # state, and without this the next `up` would replace the proxy to drop them again.
+                ignore_changes=["networksAdvanced"] if live_routes else None,
+            )),
         )
+        self.routes: ProxyRoutes | None = None
+        if live_routes:
+            self.routes = ProxyRoutes(
+                f"{name}-routes",
+                host=live_routes if isinstance(live_routes, str) else None,
+                container_name=f"{prefix}-proxy",
+                container_id=self.container.id,
+                networks=[networks[t].name for t in tenants],
+                caddyfile=self.caddyfile,
+                opts=child,
+            )
         self.register_outputs({"caddyfile": self.caddyfile})
 
 
@@ -342,8 +407,10 @@ class DockerHost(pulumi.ComponentResource):
         hosts: Mapping[str, pulumi.Input[str]],
         tls_files: tuple[pulumi.Input[str], pulumi.Input[str]] | None = None,
         volume_driver_opts: Mapping[str, Mapping[str, pulumi.Input[str]]] | None = None,
+        live_routes: str | bool = False,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
+        """``live_routes``: see ``TlsProxy`` (the VM keeps False: its engine is reached over SSH only)."""
         super().__init__("openhands:docker:DockerHost", name, None, opts)
         settings = cfg.settings
         child = pulumi.ResourceOptions(parent=self)
@@ -352,11 +419,15 @@ class DockerHost(pulumi.ComponentResource):
         self.proxy_image = docker.RemoteImage(
             f"{name}-proxy-image", name=settings.caddy_image, keep_locally=True, opts=child
         )
-        # Rollout chains: tenant i's container waits for tenant i - ROLLOUT_WIDTH's to be healthy, so a
-        # change to every tenant (a key rotation, a new image) restarts ROLLOUT_WIDTH servers at a time.
+        # Rollout chains (docker.rolloutWidth, default 1): tenant i's container waits for tenant i - width's
+        # replacement to be healthy (``wait: true``), so a change to every tenant (a key rotation, a new image)
+        # restarts `width` servers at a time and, at 1, no boot competes with another for the CPU
+        # (docs/performance.md, "Rollouts").
         self.servers = {}
+        api = engine_api(settings)
+        width = settings.rollout_width
         for i, t in enumerate(cfg.tenants):
-            before = cfg.tenants[i - ROLLOUT_WIDTH] if i >= ROLLOUT_WIDTH else None
+            before = cfg.tenants[i - width] if i >= width else None
             self.servers[t] = DockerTenant(
                 t,
                 image=self.image.image_id,
@@ -364,6 +435,7 @@ class DockerHost(pulumi.ComponentResource):
                 cfg=cfg,
                 volume_driver_opts=(volume_driver_opts or {}).get(t),
                 after=[self.servers[before].container] if before else [],
+                api=api,
                 opts=child,
             )
         self.proxy = TlsProxy(
@@ -373,6 +445,7 @@ class DockerHost(pulumi.ComponentResource):
             sites=hosts,
             cfg=cfg,
             tls_files=tls_files,
+            live_routes=live_routes,
             opts=child.merge(pulumi.ResourceOptions(depends_on=list(self.servers.values()))),
         )
         port = "" if settings.https_port == 443 else f":{settings.https_port}"
@@ -389,6 +462,7 @@ def build(cfg: StackConfig, keys: Mapping[str, TenantKeys]) -> Deployment:
         cfg=cfg,
         keys=keys,
         hosts={t: settings.host_for(t) for t in cfg.tenants},
+        live_routes=settings.host or True,  # the engine the provider uses
         opts=pulumi.ResourceOptions(providers={"docker": provider}),
     )
     exports = {deployment.CADDYFILE: host.proxy.caddyfile}

@@ -1,4 +1,4 @@
-"""Run Debian's ``caddy`` with a rendered Caddyfile on loopback, in front of real servers.
+"""Run Caddy (the proxy image's release, scripts/caddy) with a rendered Caddyfile on loopback, in front of real servers.
 
 The rendered Caddyfile is used as-is except for mechanical rewrites a container does for
 us in production: upstream dial addresses (``agent-<t>:8000``) become the loopback address
@@ -25,12 +25,32 @@ from pathlib import Path
 
 from components.docker import caddy as _caddy
 
+ROUTES = "pulumi-python:dynamic/docker:ProxyRoutes"
+
+
+def served_caddyfile(rendered) -> str:
+    """The Caddyfile the `local` proxy serves: what ProxyRoutes hands Caddy (the container itself boots
+    with the global options only); a render without it (the VM) uploads the whole file."""
+    routes = [r for r in rendered.resources if r.type == ROUTES]
+    if routes:
+        (r,) = routes
+        return r.inputs["caddyfile"]
+    (proxy,) = [r for r in rendered.resources if r.type == "docker:index/container:Container"
+                and r.name.endswith("-proxy-caddy")]
+    (upload,) = [u for u in proxy.inputs["uploads"] if u["file"] == _caddy.CONFIG_PATH]
+    return upload["content"]
+
 
 def caddy_binary() -> str:
-    exe = shutil.which("caddy")
-    if exe is None:
-        raise RuntimeError("caddy is not installed (apt-get install caddy)")
-    return exe
+    """The Caddy release the `local` proxy image carries, built from its Go module by scripts/caddy
+    (cached: instant when warm; $OPENHANDS_CADDY when the test command built it already)."""
+    if os.environ.get("OPENHANDS_CADDY"):
+        return os.environ["OPENHANDS_CADDY"]
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run(["bash", str(root / "scripts" / "caddy")], capture_output=True, text=True, timeout=1200)
+    if out.returncode != 0:
+        raise RuntimeError(f"scripts/caddy failed: {out.stderr[-2000:]}")
+    return out.stdout.strip().splitlines()[-1]
 
 
 class LoopbackHTTPS(http.client.HTTPSConnection):

@@ -50,6 +50,10 @@ Engine
     ``RemoveVolumes`` (``removeVolumes`` defaults to true: ``docker rm -fv``, which removes
     the container's anonymous volumes only, never a named one), and wait until it is gone.
 
+``pulumi-python:dynamic/docker:ProxyRoutes`` (components/docker/routes.py)
+  - Not replayed: like the engine's dynamic provider host, the applier unpickles the rendered
+    ``__provider`` and calls its create/diff/update/delete, with the proxy container's real id.
+
 Pulumi engine
   - Resources are applied in dependency order (inputs' sources, ``depends_on``, and a parent
     component's dependencies), independent ones in parallel (``parallel``, the CLI's default of
@@ -73,6 +77,7 @@ import base64
 import concurrent.futures
 import hashlib
 import io
+import pickle
 import re
 import tarfile
 import threading
@@ -90,6 +95,9 @@ IMAGE = "docker:index/remoteImage:RemoteImage"
 NETWORK = "docker:index/network:Network"
 VOLUME = "docker:index/volume:Volume"
 CONTAINER = "docker:index/container:Container"
+# components/docker/routes.py's dynamic resource: not a provider replay. The engine's Python dynamic
+# provider host unpickles ``__provider`` and calls it; this does the same, so its code is the real one.
+ROUTES = "pulumi-python:dynamic/docker:ProxyRoutes"
 # Registered by the program but not engine objects: nothing to apply.
 NOT_APPLIED = ("pulumi:providers:docker", "random:index/randomPassword:RandomPassword")
 
@@ -220,7 +228,7 @@ class Applier:
         for r in rendered.resources:
             if not r.custom or r.type in NOT_APPLIED:
                 continue
-            if r.type not in (IMAGE, NETWORK, VOLUME, CONTAINER):
+            if r.type not in (IMAGE, NETWORK, VOLUME, CONTAINER, ROUTES):
                 raise UnmappedField(f"resource type {r.type} ({r.name}) is not mapped by tests/harness/docker_apply.py")
             out.append(r)
         return out
@@ -310,6 +318,14 @@ class Applier:
                     op = "update"
                     self._update_container(old, resolved)
                     old.inputs, old.resolved = r.inputs, resolved
+                elif r.type == ROUTES:
+                    op = "update"  # its diff never asks for a replacement
+                    provider = _dynamic_provider(r)
+                    assert not provider.diff(old.id, old.resolved, resolved).replaces
+                    olds = {k: v for k, v in old.outputs.items() if k != "__provider"}
+                    old.outputs = {**(provider.update(old.id, olds, resolved).outs or {}),
+                                   "__provider": r.inputs["__provider"]}
+                    old.inputs, old.resolved = r.inputs, resolved
                 elif r.delete_before_replace:
                     op = "replace"
                     self._delete(old)
@@ -352,6 +368,12 @@ class Applier:
 
     def _resolve(self, r: Resource) -> dict[str, Any]:
         inputs = dict(r.inputs)
+        if r.type == ROUTES:
+            inputs.pop("__provider", None)
+            # The render's container id is a mock: the engine passes the container's real one.
+            (proxy,) = [a for a in self.state.values()
+                        if a.type == CONTAINER and a.outputs.get("name") == inputs["containerName"]]
+            inputs["containerId"] = proxy.id
         if r.type == CONTAINER and "image" in inputs:
             image = inputs["image"]
             if image in self.real_image_ids:
@@ -361,9 +383,14 @@ class Applier:
         return inputs
 
     def _create(self, r: Resource, resolved: dict[str, Any], deps: set[str]) -> None:
-        create = {IMAGE: self._create_image, NETWORK: self._create_network, VOLUME: self._create_volume,
-                  CONTAINER: self._create_container}[r.type]
-        rid, outputs = create(r.name, resolved)
+        if r.type == ROUTES:
+            created = _dynamic_provider(r).create(resolved)
+            rid, outputs = created.id, dict(created.outs or {})
+            outputs["__provider"] = r.inputs["__provider"]
+        else:
+            create = {IMAGE: self._create_image, NETWORK: self._create_network, VOLUME: self._create_volume,
+                      CONTAINER: self._create_container}[r.type]
+            rid, outputs = create(r.name, resolved)
         with self._lock:
             self.state[r.urn] = Applied(
                 urn=r.urn, type=r.type, name=r.name, inputs=r.inputs, resolved=resolved, id=rid,
@@ -372,7 +399,10 @@ class Applier:
             )
 
     def _delete(self, res: Applied) -> None:
-        if not res.retain_on_delete:
+        if res.type == ROUTES:
+            provider = pickle.loads(base64.b64decode(res.outputs["__provider"]))  # noqa: S301 - our own render
+            provider.delete(res.id, {k: v for k, v in res.outputs.items() if k != "__provider"})
+        elif not res.retain_on_delete:
             {IMAGE: self._delete_image, NETWORK: self._delete_network, VOLUME: self._delete_volume,
              CONTAINER: self._delete_container}[res.type](res)
         with self._lock:
@@ -651,6 +681,11 @@ class Applier:
     def named(self, name: str) -> Applied:
         (found,) = [a for a in self.state.values() if a.name == name]
         return found
+
+
+def _dynamic_provider(r: Resource) -> Any:
+    """What the engine's dynamic provider host does with ``__provider`` (a pickle, by reference to its class)."""
+    return pickle.loads(base64.b64decode(r.inputs["__provider"]))  # noqa: S301 - our own render
 
 
 def _tar_one(upload: dict[str, Any]) -> bytes:

@@ -9,7 +9,8 @@ whole run and checks at the end that it is still open (a ping is answered).
 Only asyncio and ``websockets`` (a dependency of the project): a minimal HTTP/1.1 client
 (Content-Length and chunked bodies) keeps the client's own cost small and equal both ways.
 Connections go to the address a ``Target`` names (loopback for the proxy, a container's IP on
-its Docker network for a server); the Host header and TLS SNI name the tenant's host.
+its Docker network for a server); the Host header and TLS SNI name the tenant's host. A ``stop``
+event ends a run early, once another thread has seen what it waited for (the deadline still bounds it).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import asyncio
 import json
 import ssl
 import statistics
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -67,6 +69,8 @@ class HttpConnection:
         self.target = target
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.served = 0  # responses read on the current connection
+        self.retried = 0
 
     async def open(self) -> None:
         t = self.target
@@ -77,8 +81,23 @@ class HttpConnection:
         if self.writer is not None:
             self.writer.close()
         self.reader = self.writer = None
+        self.served = 0
 
     async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One call. Like browsers and Go's http.Transport (RFC 9112, 9.3.1), a GET sent on a reused
+        keep-alive connection that the server closed before answering (it closes idle connections when
+        its config reloads) is sent once more on a new connection; ``retried`` counts those."""
+        reused = self.writer is not None and self.served > 0
+        try:
+            return await self._request(method, path, body)
+        except (ConnectionLost, ConnectionResetError, BrokenPipeError) as exc:
+            if not (reused and method == "GET" and getattr(exc, "before_response", True)):
+                raise
+            self.close()
+            self.retried += 1
+            return await self._request(method, path, body)
+
+    async def _request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         if self.writer is None:
             await self.open()
         assert self.reader is not None and self.writer is not None
@@ -92,6 +111,15 @@ class HttpConnection:
         if not status_line:
             raise ConnectionLost("connection closed before a response")
         status = int(status_line.split()[1])
+        try:
+            return status, await self._rest_of_response()
+        except (ConnectionResetError, BrokenPipeError, asyncio.IncompleteReadError) as exc:
+            lost = ConnectionLost(f"connection lost during the response: {exc}")
+            lost.before_response = False  # type: ignore[attr-defined]  # never resent
+            raise lost from exc
+
+    async def _rest_of_response(self) -> bytes:
+        assert self.reader is not None
         headers: dict[str, str] = {}
         while (line := await self.reader.readline()) not in (b"\r\n", b"\n", b""):
             name, _, value = line.decode("latin-1").partition(":")
@@ -111,7 +139,8 @@ class HttpConnection:
             headers["connection"] = "close"
         if headers.get("connection", "").lower() == "close":
             self.close()
-        return status, data
+        self.served += 1
+        return data
 
 
 @dataclass
@@ -122,6 +151,7 @@ class TargetStats:
     error_times: list[float] = field(default_factory=list)  # time.monotonic() of every failed call
     ws_opened: int = 0
     ws_failed: int = 0  # did not open, or was closed before the end
+    retried: int = 0  # GETs resent once on a new connection (the server closed the idle one)
 
     def error(self, what: str) -> None:
         self.errors += 1
@@ -156,8 +186,10 @@ class LoadResult:
 
     def summary(self) -> str:
         ws = sum(s.ws_opened for s in self.per_target.values())
+        retried = sum(s.retried for s in self.per_target.values())
         return (f"{self.requests} calls in {self.seconds:.1f} s ({self.requests / self.seconds:.0f}/s), "
-                f"{self.errors} error(s), {ws} WebSocket(s) held; p50 {self.percentile(50) * 1000:.1f} ms, "
+                f"{self.errors} error(s), {retried} resent on a new connection, {ws} WebSocket(s) opened; "
+                f"p50 {self.percentile(50) * 1000:.1f} ms, "
                 f"p99 {self.percentile(99) * 1000:.1f} ms")
 
 
@@ -192,7 +224,8 @@ async def _websocket(target: Target, stats: TargetStats, opened: asyncio.Event, 
 
 
 async def _rest_client(target: Target, stats: TargetStats, start: asyncio.Event, deadline: float,
-                       think: float, max_requests: int, timeout: float, offset: int) -> None:
+                       think: float, max_requests: int, timeout: float, offset: int,
+                       stop: threading.Event | None = None) -> None:
     conn = HttpConnection(target)
     paths = rest_paths(target)
     try:
@@ -204,7 +237,7 @@ async def _rest_client(target: Target, stats: TargetStats, start: asyncio.Event,
     loop = asyncio.get_running_loop()
     try:
         for i in range(max_requests):
-            if loop.time() >= deadline:
+            if loop.time() >= deadline or (stop is not None and stop.is_set()):
                 break
             path = paths[(i + offset) % len(paths)]
             t0 = time.perf_counter()
@@ -220,20 +253,23 @@ async def _rest_client(target: Target, stats: TargetStats, start: asyncio.Event,
                     stats.error(f"GET {path}: {status} {body[:200].decode(errors='replace')}")
             await asyncio.sleep(think)
     finally:
+        stats.retried += conn.retried
         conn.close()
 
 
 async def run_load(targets: Sequence[Target], clients: int, duration: float, think: float = 0.1,
-                   max_requests: int | None = None, timeout: float = 30, websockets: bool = True) -> LoadResult:
-    """``clients`` REST clients (and as many WebSockets) per target for ``duration`` seconds."""
+                   max_requests: int | None = None, timeout: float = 30, websockets: bool = True,
+                   stop: threading.Event | None = None) -> LoadResult:
+    """``clients`` REST clients (and as many WebSockets) per target for ``duration`` seconds, or until
+    ``stop`` is set."""
     results = await run_interleaved({"load": targets}, clients, duration, slices=1, think=think,
-                                    max_requests=max_requests, timeout=timeout, websockets=websockets)
+                                    max_requests=max_requests, timeout=timeout, websockets=websockets, stop=stop)
     return results["load"]
 
 
 async def run_interleaved(modes: dict[str, Sequence[Target]], clients: int, duration: float, slices: int = 1,
                           think: float = 0.1, max_requests: int | None = None, timeout: float = 30,
-                          websockets: bool = True) -> dict[str, LoadResult]:
+                          websockets: bool = True, stop: threading.Event | None = None) -> dict[str, LoadResult]:
     """The same load on each mode's targets (e.g. through the proxy, and straight to the servers),
     ``duration`` seconds per mode in total, run in ``slices`` alternating slices so that whatever
     else the machine does weighs on every mode alike. The WebSockets of every mode are held for the
@@ -260,7 +296,7 @@ async def run_interleaved(modes: dict[str, Sequence[Target]], clients: int, dura
             t0 = loop.time()
             deadline = t0 + slice_seconds
             rest = [asyncio.create_task(_rest_client(t, per_mode[m][t.tenant], start, deadline, think, cap,
-                                                     timeout, offset=k))
+                                                     timeout, offset=k, stop=stop))
                     for t in modes[m] for k in range(clients)]
             start.set()
             await asyncio.gather(*rest)

@@ -1,9 +1,10 @@
 """Fixtures and helpers for tests on a real Docker engine (tests/real/docker/test_docker_real.py, bench/).
 
 ``engine()`` connects to the engine (DOCKER_HOST or /var/run/docker.sock) with API version
-negotiation; ``images()`` runs ``scripts/docker-images`` (cheap when cached) for the two
-images under the references users get. When either is missing the tests FAIL under
-``CI=true`` and are skipped with one reason elsewhere.
+negotiation; ``images()`` runs ``scripts/docker-images`` (cheap when cached) for the images
+under the references users get: ``agent_server`` and ``caddy`` (what the stack renders) and
+``agent_server_upgrade`` (another agent-server release, for tests/real/docker/test_upgrade_docker.py).
+When either is missing the tests FAIL under ``CI=true`` and are skipped with one reason elsewhere.
 
 ``Deployment`` is one rendered ``local`` stack applied by tests/harness/docker_apply.py under a
 unique stack name, on free loopback ports; ``remove_stack`` removes every container,
@@ -69,7 +70,8 @@ _IMAGES: dict[str, str] = {}
 
 
 def images() -> dict[str, str]:
-    """The two image references, built (or found cached) by scripts/docker-images."""
+    """The image references, built (or found cached) by scripts/docker-images: ``agent_server``,
+    ``caddy`` and ``agent_server_upgrade``."""
     if not _IMAGES:
         try:
             proc = subprocess.run([str(IMAGES_SCRIPT)], capture_output=True, text=True, timeout=IMAGES_TIMEOUT)
@@ -184,6 +186,8 @@ class Deployment:
     def render(self, **extra: Any) -> Rendered:
         overrides = {"tenants": self.tenants, "docker.httpsPort": self.https_port,
                      "docker.httpPort": self.http_port, **self.overrides, **extra}
+        if self.docker_host:  # the stack's own engine setting: the provider and ProxyRoutes use it
+            overrides.setdefault("docker.host", self.docker_host)
         rendered = render(self.stack, config=load_stack_config("local"), overrides=overrides)
         return self.patch(rendered) if self.patch else rendered
 
@@ -232,9 +236,10 @@ class Deployment:
                     raise
                 time.sleep(0.5)
 
-    def https(self, tenant: str, path: str, key: str | None = None, **kw: Any) -> tuple[int, str]:
+    def https(self, tenant: str, path: str, key: str | None = None, headers: Mapping[str, str] | None = None,
+              **kw: Any) -> tuple[int, str]:
         assert self.ca is not None
-        headers = {contract.AUTH_HEADER: key} if key else {}
+        headers = {**(headers or {}), **({contract.AUTH_HEADER: key} if key else {})}
         if self.via is not None:
             return self.via(https, self.host(tenant), self.https_port, path, self.ca, headers, **kw)
         return https(self.host(tenant), self.https_port, path, self.ca, headers, **kw)
@@ -323,3 +328,85 @@ def served(conversation_id: str) -> str:
     its events. The metadata (GET /api/conversations/<id>) is read from disk even while another
     server holds the lease, so it proves nothing."""
     return f"/api/conversations/{conversation_id}/events/search"
+
+
+# A stored secret each fault/change test writes per tenant, and reads back after the fault.
+SECRET = "GITHUB_TOKEN"
+LEASE_TTL_SECONDS = 45  # the server's OH_LEASE_TTL_SECONDS default (agent_server_facts.md)
+
+
+def secret_value(tenant: str) -> str:
+    return f"ghp_fault_{tenant}_0123456789"
+
+
+def assert_secret(dep: Deployment, tenant: str) -> None:
+    assert dep.https(tenant, f"/api/settings/secrets/{SECRET}", dep.key(tenant)) == (200, secret_value(tenant))
+
+
+def wait_conversation(dep: Deployment, tenant: str, conversation_id: str, budget: float) -> float:
+    """Seconds until the conversation is served; only 404 (its lease still held) or a proxy error
+    (no server yet) may come before."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            status, body = dep.https(tenant, served(conversation_id), dep.key(tenant), timeout=5)
+        except (OSError, ssl.SSLError):
+            status, body = 0, ""
+        if status == 200:
+            return time.monotonic() - t0
+        assert status in (0, 404, 502, 503), f"{tenant}: {status} {body[:300]}"
+        assert time.monotonic() - t0 < budget, f"{tenant}: conversation not served within {budget}s ({status})"
+        time.sleep(0.5)
+
+
+def served_version(dep: Deployment, tenant: str) -> str:
+    """The agent-server release a tenant's server reports: its OpenAPI document's ``info.version``
+    (``importlib.metadata.version("openhands-agent-server")``; ``GET /openapi.json`` needs no key)."""
+    status, body = dep.https(tenant, "/openapi.json", timeout=30)
+    assert status == 200, body[:300]
+    return json.loads(body)["info"]["version"]
+
+
+def image_version(ref: str) -> str:
+    """``ghcr.io/openhands/agent-server:1.58.2-python`` -> ``1.58.2``."""
+    return ref.rsplit(":", 1)[1].removesuffix("-python")
+
+
+class Poller:
+    """Polls one path of a tenant through the proxy in a thread, every ``interval`` seconds, and keeps
+    ``(monotonic time the request was sent, status)``; status 0 is no answer (refused, reset, timed out)."""
+
+    def __init__(self, dep: Deployment, tenant: str, path: str, key: str | None = None, interval: float = 0.2):
+        import threading
+
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+
+        def run() -> None:
+            while not self._stop.is_set():
+                sent = time.monotonic()
+                try:
+                    status = dep.https(tenant, path, key, timeout=3)[0]
+                except (OSError, ssl.SSLError):
+                    status = 0
+                self.samples.append((sent, status))
+                self._stop.wait(interval)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> list[tuple[float, int]]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def outage(samples: list[tuple[float, int]]) -> tuple[float, float, float] | None:
+    """(first failed sample, last failed sample, seconds from the first failed sample to the first 200
+    after the last one): how long a client polling that path was not served; None if it always was."""
+    failed = [i for i, (_, status) in enumerate(samples) if status != 200]
+    if not failed:
+        return None
+    first, last = samples[failed[0]][0], samples[failed[-1]][0]
+    back = samples[failed[-1] + 1][0] if failed[-1] + 1 < len(samples) else last
+    return first, last, back - first

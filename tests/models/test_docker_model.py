@@ -24,6 +24,7 @@ from components.docker import caddy
 from openhands_cli import render as render_mod
 from openhands_cli.render import Rendered, load_stack_config, render
 from tests.harness.agent_server import free_port
+from tests.harness.caddy_proxy import ROUTES, caddy_binary, served_caddyfile
 from tests.harness.docker_apply import CONTAINER, FIELD_MIN_API, IMAGE, NETWORK, VOLUME, _version
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -87,16 +88,31 @@ def test_containers_stop_gracefully_before_removal(three: Rendered):
 
 def test_each_tenant_has_its_own_network_and_the_proxy_joins_all(three: Rendered):
     networks = {n.name: n.inputs["name"] for n in three.of_type(NETWORK)}
-    assert set(networks) == {f"{t}-network" for t in THREE}
+    assert set(networks) == {f"{t}-network" for t in THREE} | {"docker-proxy-network"}
     for c in agents(three):
         tenant = c.name.removesuffix("-agent-server")
         (attached,) = c.inputs["networksAdvanced"]
         assert attached == {"name": networks[f"{tenant}-network"], "aliases": [f"agent-{tenant}"]}
-    assert sorted(n["name"] for n in proxy(three).inputs["networksAdvanced"]) == sorted(networks.values())
+    # The container is created on its own network only: the tenants' are joined in place by ProxyRoutes,
+    # so adding or removing a tenant changes no input of the container (no replacement).
+    assert proxy(three).inputs["networksAdvanced"] == [{"name": networks["docker-proxy-network"]}]
+    assert "networksAdvanced" in proxy(three).ignore_changes
+    (routes,) = [r for r in three.resources if r.type == ROUTES]
+    assert sorted(routes.inputs["networks"]) == sorted(networks[f"{t}-network"] for t in THREE)
     # The proxy's upstreams are the aliases it can resolve on those networks.
     caddyfile = three.outputs["caddyfile"]
+    assert served_caddyfile(three) == caddyfile
     for t in THREE:
         assert f"reverse_proxy agent-{t}:{contract.PORT}" in caddyfile
+
+
+def test_adding_a_tenant_changes_the_routes_not_the_proxy_container():
+    one, two = (render("local", overrides={"tenants": tenants}) for tenants in (["alice"], ["alice", "bob"]))
+    assert proxy(one).inputs == proxy(two).inputs  # pulumi-docker would replace it on any change here
+    boot = next(u["content"] for u in proxy(two).inputs["uploads"] if u["file"] == caddy.CONFIG_PATH)
+    assert "reverse_proxy" not in boot  # global options only: the sites come with the routes
+    (r1,), (r2,) = ([r for r in x.resources if r.type == ROUTES] for x in (one, two))
+    assert r1.inputs["caddyfile"] != r2.inputs["caddyfile"] and r1.inputs["networks"] != r2.inputs["networks"]
 
 
 def docker_names(rendered: Rendered) -> set[str]:
@@ -109,7 +125,7 @@ def test_two_stacks_or_projects_share_no_docker_name():
     first = docker_names(render("local", config=config))
     other_stack = docker_names(render("local-b", config=config))
     other_project = docker_names(render("local", config=config, project="acme-agents"))
-    assert len(first) == len(other_stack) == len(other_project) == 5
+    assert len(first) == len(other_stack) == len(other_project) == 6
     assert not first & other_stack, first & other_stack
     assert not first & other_project, first & other_project
     # The default project keeps the names earlier releases created (volumes re-attach by name).
@@ -147,9 +163,8 @@ def test_caddy_logs_hold_no_session_key(start_agent_server, run_caddy):
     (spec,) = [c for c in agents(rendered) if c.name == "alice-agent-server"]
     env = dict(e.split("=", 1) for e in spec.inputs["envs"])
     server = start_agent_server(env, spec.inputs["command"])
-    (upload,) = [u for u in proxy(rendered).inputs["uploads"] if u["file"] == "/etc/caddy/Caddyfile"]
     dead = f"127.0.0.1:{free_port()}"  # bob's server is down, as during a rotation
-    proxy_run = run_caddy(upload["content"], wait_for_cert="alice.localhost",
+    proxy_run = run_caddy(served_caddyfile(rendered), wait_for_cert="alice.localhost",
                           upstreams={f"agent-alice:{contract.PORT}": f"127.0.0.1:{server.port}",
                                      f"agent-bob:{contract.PORT}": dead})
     ca = proxy_run.internal_root
@@ -192,11 +207,11 @@ def test_the_proxy_healthcheck_passes_on_a_running_caddy_without_reloading_it(ru
     https_port, http_port = free_port(), free_port()
     rendered = render("local", overrides={"tenants": ["alice"], "docker.httpsPort": https_port,
                                           "docker.httpPort": http_port})
-    (upload,) = [u for u in proxy(rendered).inputs["uploads"] if u["file"] == caddy.CONFIG_PATH]
-    run = run_caddy(upload["content"], upstreams={f"agent-alice:{contract.PORT}": f"127.0.0.1:{free_port()}"},
+    run = run_caddy(served_caddyfile(rendered), upstreams={f"agent-alice:{contract.PORT}": f"127.0.0.1:{free_port()}"},
                     wait_for_cert="alice.localhost")
     assert run.admin_socket is not None
     argv = list(proxy(rendered).inputs["healthcheck"]["tests"][1:])
+    argv[0] = caddy_binary()  # the image's caddy: the release scripts/caddy builds
     argv[argv.index(caddy.CONFIG_PATH)] = str(run.workdir / "Caddyfile")
     argv[argv.index(f"unix/{caddy.ADMIN_SOCKET}")] = f"unix/{run.admin_socket}"
     env = {"PATH": os.environ["PATH"], "HOME": str(run.workdir)}

@@ -10,6 +10,7 @@ from components.docker import local
 from openhands_cli.render import Rendered, imported_sdks_for, render
 from tests.harness import env_of
 from tests.harness.agent_server import free_port
+from tests.harness.caddy_proxy import served_caddyfile
 
 CONTAINER = "docker:index/container:Container"
 VOLUME = "docker:index/volume:Volume"
@@ -189,11 +190,9 @@ def test_real_tls_through_rendered_caddy(start_agent_server, run_caddy):
     (spec,) = agent_containers(rendered)
     env = env_of(spec)
     server = start_agent_server(env, spec.inputs["command"])
-    caddy = rendered.one(CONTAINER, "docker-proxy-caddy")
-    (upload,) = [u for u in caddy.inputs["uploads"] if u["file"] == "/etc/caddy/Caddyfile"]
     host = "default.localhost"
-    proxy = run_caddy(upload["content"], upstreams={f"agent-default:{contract.PORT}": f"127.0.0.1:{server.port}"},
-                      wait_for_cert=host)
+    proxy = run_caddy(served_caddyfile(rendered),
+                      upstreams={f"agent-default:{contract.PORT}": f"127.0.0.1:{server.port}"}, wait_for_cert=host)
     assert rendered.outputs["url"]["default"] == f"https://{host}:{https_port}"
 
     ca = proxy.internal_root

@@ -14,7 +14,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -28,12 +27,11 @@ import pytest
 
 from components import contract
 from components.config import ConfigError
-from components.docker import caddy
+from openhands_cli import check
 from openhands_cli.render import Rendered, render
 from tests.harness import agent_server
 from tests.harness.agent_server import free_port
-from tests.harness.caddy_proxy import Caddy, LoopbackHTTPS
-from tests.harness.ci import unavailable
+from tests.harness.caddy_proxy import Caddy, LoopbackHTTPS, caddy_binary, served_caddyfile
 
 CONTAINER = "docker:index/container:Container"
 TENANTS = ["alice", "bob"]
@@ -41,22 +39,17 @@ MIB = 1024 * 1024
 
 
 def caddyfile_of(rendered: Rendered) -> str:
-    (upload,) = [u for u in rendered.one(CONTAINER, "docker-proxy-caddy").inputs["uploads"]
-                 if u["file"] == caddy.CONFIG_PATH]
-    return upload["content"]
+    return served_caddyfile(rendered)
 
 
 def caddy_version() -> tuple[int, ...]:
-    out = subprocess.run(["caddy", "version"], capture_output=True, text=True, timeout=30).stdout
-    return tuple(int(p) for p in re.match(r"v?(\d+)\.(\d+)\.(\d+)", out).groups())
+    return check.caddy_version(caddy_binary())
 
 
 # ----------------------------------------------------------------- rendered, offline
 
 
 def test_defaults_are_rendered_for_both_engines_and_caddy_adapts_them(tmp_path: Path) -> None:
-    if shutil.which("caddy") is None:
-        unavailable("caddy is not installed (apt-get install caddy)")
     for stack in ("local", "vm"):
         text = caddyfile_of(render(stack, overrides={"tenants": TENANTS}))
         assert "read_header 10s" in text and "idle 120s" in text, text
@@ -64,7 +57,7 @@ def test_defaults_are_rendered_for_both_engines_and_caddy_adapts_them(tmp_path: 
         assert text.count("max_size 64MiB") == 2 and text.count("max_conns_per_host 256") == 2
         conf = tmp_path / f"{stack}.Caddyfile"
         conf.write_text(text)
-        adapted = subprocess.run(["caddy", "adapt", "--config", str(conf), "--adapter", "caddyfile"],
+        adapted = subprocess.run([caddy_binary(), "adapt", "--config", str(conf), "--adapter", "caddyfile"],
                                  capture_output=True, text=True, timeout=60)
         assert adapted.returncode == 0, adapted.stderr
         servers = json.loads(adapted.stdout)["apps"]["http"]["servers"]
@@ -102,8 +95,6 @@ class Tenant:
 @pytest.fixture(scope="module")
 def tenants(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Tenant]]:
     """alice's and bob's real agent servers, booted at once, with the env and args the stack renders."""
-    if shutil.which("caddy") is None:
-        unavailable("caddy is not installed (apt-get install caddy)")
     rendered = render("local", overrides={"tenants": TENANTS})
     started: dict[str, Tenant] = {}
     try:

@@ -75,6 +75,22 @@ def test_pulumi_docker_refuses_start_interval_below_1_44_and_sends_it_from_1_44(
     assert body["Healthcheck"]["StartInterval"] == local.STARTING_PROBE_SECONDS * 10**9
 
 
+def test_docker_engine_api_selects_the_healthcheck_form():
+    """``docker.engineApi``: a version fixes the form; ``auto`` under mocks (an offline render) asks no
+    engine and targets the oldest supported API; the VM (no engine yet) too."""
+    fast = f"{local.STARTING_PROBE_SECONDS}s"
+    for api, start_interval in (("1.44", fast), ("1.47", fast), ("1.43", None), ("auto", None)):
+        rendered = render(STACK, overrides={"tenants": THREE, "docker.engineApi": api})
+        for c in agents(rendered).values():
+            assert c.inputs["healthcheck"].get("startInterval") == start_interval, (api, c.inputs["healthcheck"])
+    assert local.engine_api(SimpleNamespace(engine_api="auto", engine="vm", host=None)) == contract.DOCKER_MIN_API
+
+
+def test_auto_falls_back_to_the_oldest_api_when_the_engine_does_not_answer(tmp_path: Path):
+    settings = SimpleNamespace(engine_api="auto", engine="local", host=f"unix://{tmp_path}/no-engine.sock")
+    assert local.engine_api(settings) == contract.DOCKER_MIN_API
+
+
 class _Ready(http.server.BaseHTTPRequestHandler):
     ready_at = 0.0
 
@@ -132,10 +148,20 @@ def test_each_tenant_container_waits_for_the_previous_one_only(three: Rendered):
         assert c.inputs["wait"] is True  # a replacement is healthy before the next one starts
         tenant_deps = {by_name[d].removesuffix("-agent-server") for d in c.dependencies
                        if by_name.get(d, "").endswith("-agent-server")}
-        assert tenant_deps == ({THREE[i - local.ROLLOUT_WIDTH]} if i >= local.ROLLOUT_WIDTH else set())
+        assert tenant_deps == ({THREE[i - 1]} if i >= 1 else set())  # docker.rolloutWidth: 1 by default
     # Networks and volumes do not wait: a first `up` creates them all at once.
     for r in [*three.of_type(NETWORK), *three.of_type(VOLUME)]:
         assert not any(by_name.get(d, "").endswith("-agent-server") for d in r.dependencies), r.name
+
+
+def test_rollout_width_sets_how_many_tenants_restart_at_once():
+    five = ["t1", "t2", "t3", "t4", "t5"]
+    for width, expect in ((2, {"t3": "t1", "t4": "t2", "t5": "t3"}), (5, {})):
+        rendered = render(STACK, overrides={"tenants": five, "docker.rolloutWidth": width})
+        by_name = {r.urn: r.name for r in rendered.resources}
+        waits = {t: {by_name[d].removesuffix("-agent-server") for d in c.dependencies
+                     if by_name.get(d, "").endswith("-agent-server")} for t, c in agents(rendered).items()}
+        assert waits == {t: ({expect[t]} if t in expect else set()) for t in five}, (width, waits)
 
 
 def _recording_applier(events: list[tuple[str, str, float, float]], pause: float = 0.2) -> Applier:

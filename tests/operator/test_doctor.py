@@ -285,13 +285,13 @@ def test_a_port_published_by_another_container_fails_and_by_this_stacks_proxy_pa
                          f"host port 127.0.0.1:{port}")
             if label:
                 assert result.ok is False and result.found == f"published by container {name}", result.line()
-                container.remove(force=True)
+                container.remove(v=True, force=True)  # and its anonymous /config, /data
             else:
                 assert result.line() == f"ok    host port 127.0.0.1:{port}: published by this stack's proxy ({name})"
     finally:
         for container in created:
             try:
-                container.remove(force=True)
+                container.remove(v=True, force=True)
             except Exception:  # noqa: BLE001 - already removed
                 pass
 

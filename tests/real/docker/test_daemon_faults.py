@@ -46,11 +46,9 @@ import pytest
 from components import contract
 from tests.harness import ci, private_dockerd, real_docker
 from tests.harness.private_dockerd import PrivateDockerd
-from tests.harness.real_docker import Deployment, new_conversation, served
+from tests.harness.real_docker import LEASE_TTL_SECONDS, SECRET, Deployment, new_conversation, secret_value, served
 
 TENANTS = ["ann", "ben"]
-SECRET = "GITHUB_TOKEN"
-LEASE_TTL_SECONDS = 45  # the server's OH_LEASE_TTL_SECONDS default (docs/local.md)
 DOWN_SECONDS = 5  # how long dockerd stays down after a crash with live-restore on
 DOWN_FOR_GOOD_SECONDS = 15  # after the restarted daemon stopped them: a restart policy acts within a second
 RECOVERY_BUDGET = 180  # a daemon start plus every server's boot on 2 loaded cores
@@ -92,7 +90,7 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
     try:
         t0 = time.monotonic()
         daemon.start()
-        loaded = daemon.load_images(refs.values())
+        loaded = daemon.load_images([refs["agent_server"], refs["caddy"]])  # what the stack renders
         client = real_docker.engine_at(daemon.base_url)
         # The stack's default ports: they are the engine's namespace's own loopback, free whatever the machine runs.
         dep = Deployment(client=client, stack=real_docker.unique_stack("daemon"), tenants=TENANTS,
@@ -120,10 +118,6 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
 
 
 # ----------------------------------------------------------------- what a client sees
-
-
-def secret_value(tenant: str) -> str:
-    return f"ghp_daemon_{tenant}_0123456789"
 
 
 

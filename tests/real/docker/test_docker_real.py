@@ -151,6 +151,15 @@ def test_the_engine_meets_the_minimum_and_our_boot_check_says_so(client, tmp_pat
     assert f"docker.io speaks API {major}.{minor - 1}; the containers need >= {DOCKER_MIN_API}" in old.stderr
 
 
+def test_engine_api_auto_is_what_the_engine_speaks(client):
+    """``docker.engineApi: auto`` at deploy time: the engine's own API version (20.10 here: 1.41, so the
+    healthchecks take the 20.10 form; an engine >= 25 gets start_interval)."""
+    from components.config.docker import DockerSettings
+    from components.docker.local import engine_api
+
+    assert engine_api(DockerSettings()) == client.api.version()["ApiVersion"]
+
+
 def test_a_1_41_engine_drops_a_healthcheck_start_interval(client, dep: Deployment):
     """Why the model renders no start_interval (test_docker_model checks it does not): an engine
     spoken to at API 1.41 silently drops it, so a start interval would never apply. (The refusal
@@ -240,7 +249,7 @@ def test_tenants_cannot_reach_each_other(client, dep: Deployment):
     nets = {t: set(dep.container(t)["NetworkSettings"]["Networks"]) for t in TENANTS}
     assert all(len(n) == 1 for n in nets.values()) and len(set.union(*nets.values())) == 3, nets
     proxy_nets = set(client.api.inspect_container(dep.proxy)["NetworkSettings"]["Networks"])
-    assert proxy_nets == set.union(*nets.values())
+    assert proxy_nets == set.union(*nets.values()) | {f"{dep.prefix}-proxy-net"}  # and its own, no tenant's
     bob = dep.container("bob")["NetworkSettings"]["Networks"][f"{dep.prefix}-bob-net"]["IPAddress"]
     probe = "exec 3<>/dev/tcp/{host}/{port} && echo open"
     # Control: the probe works, alice reaches her own server.

@@ -41,13 +41,20 @@ from components import contract
 from tests.harness import real_docker
 from tests.harness.docker_apply import VOLUME, ApplyError
 from tests.harness.load_client import load
-from tests.harness.real_docker import Deployment, conversation_body, new_conversation, served
+from tests.harness.real_docker import (
+    SECRET,
+    Deployment,
+    assert_secret,
+    conversation_body,
+    new_conversation,
+    secret_value,
+    served,
+    wait_conversation,
+)
 
 TENANTS = ["alice", "bob", "carol"]
 FULL = "dora"  # on a size-limited volume
 FULL_VOLUME_MIB = 32
-SECRET = "GITHUB_TOKEN"
-LEASE_TTL_SECONDS = 45  # the server's OH_LEASE_TTL_SECONDS default (agent_server_facts.md)
 # The Docker model turns leases off, so a restarted server serves a conversation on its first load.
 SERVED_AFTER_RESTART_SECONDS = 15
 OOM_LIMIT = "600m"
@@ -89,10 +96,6 @@ def dep(client, tmp_path_factory) -> Iterator[Deployment]:
 
 
 
-def secret_value(tenant: str) -> str:
-    return f"ghp_fault_{tenant}_0123456789"
-
-
 @pytest.fixture(scope="module")
 def stored(dep: Deployment) -> dict[str, str]:
     """Per tenant: a stored secret and the id of a conversation (live: the server holds its lease)."""
@@ -105,26 +108,6 @@ def stored(dep: Deployment) -> dict[str, str]:
     return ids
 
 
-
-
-def assert_secret(dep: Deployment, tenant: str) -> None:
-    assert dep.https(tenant, f"/api/settings/secrets/{SECRET}", dep.key(tenant)) == (200, secret_value(tenant))
-
-
-def wait_conversation(dep: Deployment, tenant: str, conversation_id: str, budget: float) -> float:
-    """Seconds until the conversation is served; only 404 (its lease still held) or a proxy error
-    (no server yet) may come before."""
-    t0 = time.monotonic()
-    while True:
-        try:
-            status, body = dep.https(tenant, served(conversation_id), dep.key(tenant), timeout=5)
-        except (OSError, ssl.SSLError):
-            status, body = 0, ""
-        if status == 200:
-            return time.monotonic() - t0
-        assert status in (0, 404, 502, 503), f"{tenant}: {status} {body[:300]}"
-        assert time.monotonic() - t0 < budget, f"{tenant}: conversation not served within {budget}s ({status})"
-        time.sleep(0.5)
 
 
 def wait_restarted(dep: Deployment, name: str, before: int, budget: float = 30) -> dict:
@@ -367,8 +350,9 @@ def test_an_image_the_engine_lacks_changes_nothing(dep: Deployment, stored):
     assert {s.op for s in dep.up()} == {"same"}
 
 
-def test_an_image_that_cannot_start_takes_tenants_down_until_the_previous_is_applied(dep: Deployment, stored):
+def test_an_image_that_cannot_start_takes_the_first_tenant_down_until_the_previous_is_applied(dep: Deployment, stored):
     ref = _build_broken_image(dep)
+    ids = {t: dep.container(t)["Id"] for t in dep.tenants}
     failures: list[int] = []
     stop = threading.Event()
 
@@ -389,8 +373,12 @@ def test_an_image_that_cannot_start_takes_tenants_down_until_the_previous_is_app
         with pytest.raises(ApplyError, match=rf"container {dep.prefix}-\w+ (is unhealthy|exited)") as err:
             dep.up(image=ref)
         failed_after = time.monotonic() - t0
-        # The old servers were stopped first (fixed names: delete before replace): the tenant is down.
+        # The old server was stopped first (fixed names: delete before replace): the tenant is down.
         assert dep.https("alice", contract.READINESS_PROBE.path)[0] == 502
+        # The others wait in the rollout chain for alice's replacement to be healthy: never touched.
+        for t in dep.tenants[1:]:
+            assert dep.container(t)["Id"] == ids[t], t
+            assert dep.https(t, served(stored[t]), dep.key(t))[0] == 200
         # One command rolls back: `up` with the previous image (here: the stack's default again).
         t1 = time.monotonic()
         dep.up()

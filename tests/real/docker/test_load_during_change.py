@@ -3,9 +3,8 @@
 Its own deployment (not test_faults_docker.py's, whose fourth tenant sits on a test-only tmpfs volume
 that a replacement empties): each tenant has a stored secret and a live conversation, then
 
-- an ``up`` adds and then removes a tenant while the others are under load through Caddy: the proxy's
-  container is replaced each time (its networks are fixed at creation), so they see a short window of
-  refused connections and their WebSockets drop; nothing else, and nothing is lost;
+- an ``up`` adds and then removes a tenant while the others are under load through Caddy: the proxy
+  joins and leaves the tenant's network in place and reloads its config, so the others see no error;
 - a key rotation under load: a call fails only while its own tenant's server restarts, and only as "no
   server yet"; every conversation and stored secret is served after it.
 
@@ -15,7 +14,6 @@ Everything is named ``openhands-tchange*`` and removed by name at the end.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -25,16 +23,20 @@ import pytest
 from components import contract
 from tests.harness import real_docker
 from tests.harness.load_client import load
-from tests.harness.real_docker import Deployment, new_conversation, served
-from tests.real.docker.test_faults_docker import (
+from tests.harness.real_docker import (
     LEASE_TTL_SECONDS,
     SECRET,
+    Deployment,
     assert_secret,
+    new_conversation,
     secret_value,
+    served,
     wait_conversation,
 )
 
 TENANTS = ["alice", "bob", "carol"]
+# A reload makes Caddy < 2.7 close every proxied WebSocket; from 2.7 `stream_close_delay` keeps them.
+WEBSOCKETS_SURVIVE_RELOAD = True
 
 
 @pytest.fixture(scope="module")
@@ -71,47 +73,49 @@ def _in_background(fn) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
-def _windows(times: list[float], gap: float = 3.0) -> list[tuple[float, float]]:
-    """Failures grouped into windows: a new window starts after ``gap`` seconds without one."""
-    out: list[tuple[float, float]] = []
-    for x in sorted(times):
-        if out and x - out[-1][1] <= gap:
-            out[-1] = (out[-1][0], x)
-        else:
-            out.append((x, x))
-    return out
-
-
-def test_an_up_that_adds_and_removes_a_tenant_under_load_interrupts_the_others_only_briefly(
-        dep: Deployment, stored):
-    """A new tenant means a new network, volume and server, and the proxy joining that network. The
-    proxy's networks are fixed when its container is created (pulumi-docker replaces a container whose
-    ``networks_advanced`` change), so adding or removing a tenant **replaces the Caddy container**: every
-    tenant is refused for a moment and its WebSockets must reconnect (docs/faults.md). Asserted: the
-    other tenants' failures are connection-level only (refused/reset, never 401/404/500), they fall
-    in at most two short windows (the add and the remove), and nothing is lost."""
+def test_an_up_that_adds_and_removes_a_tenant_under_load_leaves_the_others_alone(dep: Deployment, stored):
+    """A new tenant means a new network, volume and server, and the proxy joining that network and
+    serving its site. The proxy container is not replaced: ProxyRoutes connects it to the network and
+    Caddy reloads its config gracefully (components/docker/routes.py). Asserted: the other tenants see
+    no failed call and no refused connection while the tenant is added and removed, the new tenant is
+    served through the proxy, and nothing is lost."""
     new = "erin"
+    proxy_id = dep.client.api.inspect_container(f"{dep.prefix}-proxy")["Id"]
     thread, out = _in_background(lambda: load(real_docker.load_targets(dep, TENANTS, "proxy", stored),
-                                              clients=3, duration=30, think=0.1, timeout=30))
+                                              clients=3, duration=30, think=0.1, timeout=30,
+                                              websockets=WEBSOCKETS_SURVIVE_RELOAD))
+    t_start = time.monotonic()
     time.sleep(2)
     t0 = time.monotonic()
     steps = dep.up(tenants=[*dep.tenants, new])
+    marks = {"add-start": round(t0 - t_start, 2), "add-steps": [(s.op, s.name, round(s.seconds, 2)) for s in steps
+                                                              if s.op != "same"],
+             "add-done": round(time.monotonic() - t_start, 2)}
     dep.wait_ready(new)
+    assert dep.https(new, contract.AUTH_CHECK_PATH, dep.key(new))[0] == 200  # served through the proxy
     added = time.monotonic() - t0
-    assert ("replace", "docker-proxy-caddy") in {(s.op, s.name) for s in steps}  # what the windows come from
+    ops = {(s.op, s.name) for s in steps}
+    assert ("update", "docker-proxy-routes") in ops, sorted(ops)
     t0 = time.monotonic()
-    dep.up()  # back to the module's tenants: erin's server, network and (retainData false) volume go
+    steps = dep.up()  # back to the module's tenants: erin's server, network and (retainData false) volume go
     removed = time.monotonic() - t0
+    marks |= {"remove-start": round(t0 - t_start, 2), "remove-done": round(time.monotonic() - t_start, 2)}
+    assert ("update", "docker-proxy-routes") in {(s.op, s.name) for s in steps}
     thread.join()
     result = out["result"]
-    times = [x for s in result.per_target.values() for x in s.error_times]
-    windows = _windows(times)
     print(f"\nadd a tenant under load: serving after {added:.1f} s; removed in {removed:.1f} s; the others "
-          f"meanwhile: {result.summary()}; failure windows: {[round(b - a, 1) for a, b in windows]} s")
-    # Refused or reset connections (and a 502 from a proxy that has just started), never 401/404/500.
-    bad = [e for e in result.error_samples if re.match(r"^\S+: \S+ \S+: (?!502\b)\d{3}\b", e)]
-    assert not bad, bad
-    assert len(windows) <= 2 and all(b - a <= 10 for a, b in windows), windows
+          f"meanwhile: {result.summary()}")
+    for t, st in result.per_target.items():
+        for e, at in zip(st.error_samples, st.error_times, strict=False):
+            print(f"  {t} +{at - t_start:.2f}s {e[:160]}")
+    print(f"  marks: {marks}")
+    assert result.errors == 0, [(t, e) for t, st in result.per_target.items() for e in st.error_samples]
+    assert all(s.latencies for s in result.per_target.values())
+    # One proxy container throughout, now on the module's tenant networks (and its own) only.
+    info = dep.client.api.inspect_container(f"{dep.prefix}-proxy")
+    assert info["Id"] == proxy_id
+    assert set(info["NetworkSettings"]["Networks"]) == {f"{dep.prefix}-proxy-net",
+                                                        *(f"{dep.prefix}-{t}-net" for t in TENANTS)}
     assert not [c for c in dep.agent_containers() if c.endswith(f"-{new}")]
     for t in TENANTS:
         assert dep.https(t, served(stored[t]), dep.key(t))[0] == 200

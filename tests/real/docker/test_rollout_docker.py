@@ -65,19 +65,25 @@ def _windows(dep: Deployment, events: list[dict]) -> dict[str, tuple[int, int]]:
 
 
 def _one_at_a_time(windows: dict[str, tuple[int, int]]) -> None:
-    chain = [windows[t] for t in TENANTS]  # config order: the rollout chain (ROLLOUT_WIDTH 1)
+    chain = [windows[t] for t in TENANTS]  # config order: the rollout chain (docker.rolloutWidth 1)
     for (_, prev_healthy), (next_down, _) in zip(chain, chain[1:], strict=False):
         assert next_down >= prev_healthy, windows
 
 
-def test_a_first_up_creates_each_tenant_once_the_previous_one_is_healthy(client, dep: Deployment):
-    assert local.ROLLOUT_WIDTH == 1
+@pytest.fixture(scope="module")
+def first_up(dep: Deployment) -> dict[str, tuple[int, int]]:
+    """The stack's first `up` and each tenant's window in it. A fixture, not a test's side effect: xdist may
+    hand this module's tests to different workers, each of which then has its own deployment."""
     since = time.time() - 1
     dep.up()
-    _one_at_a_time(_windows(dep, _events(dep, since, time.time() + 1)))
+    return _windows(dep, _events(dep, since, time.time() + 1))
 
 
-def test_a_rotation_takes_one_tenant_down_at_a_time(client, dep: Deployment, tmp_path):
+def test_a_first_up_creates_each_tenant_once_the_previous_one_is_healthy(first_up):
+    _one_at_a_time(first_up)
+
+
+def test_a_rotation_takes_one_tenant_down_at_a_time(client, dep: Deployment, first_up, tmp_path):
     dep.fetch_ca(tmp_path / "ca.crt")
     for t in TENANTS:
         dep.wait_ready(t)
@@ -95,7 +101,8 @@ def test_a_rotation_takes_one_tenant_down_at_a_time(client, dep: Deployment, tmp
         assert dep.https(t, contract.AUTH_CHECK_PATH, dep.key(t))[0] == 200
 
 
-def test_the_20_10_probe_marks_a_ready_server_and_a_restart_clears_the_mark(client, dep: Deployment):
+def test_the_20_10_probe_marks_a_ready_server_and_a_restart_clears_the_mark(client, dep: Deployment, first_up):
+    dep.wait_healthy("alice")
     code, _ = dep.exec("alice", f"test -e {local.READY_MARK}")
     assert code == 0  # healthy, so the probe has seen /ready answer
     assert dep.container("alice")["Config"]["Healthcheck"]["Interval"] == local.STARTING_PROBE_SECONDS * 10**9
