@@ -470,6 +470,11 @@ func (c *controller) reconcile(ctx context.Context) error {
 		}
 	}
 	ings, _ := c.factory.Networking().V1().Ingresses().Lister().List(labels.Everything())
+	// The lister's order is random: unsorted, an unchanged set of Ingresses renders a different config
+	// and every Secret or Service event would reload Caddy (closing idle keep-alive connections).
+	sort.Slice(ings, func(i, j int) bool {
+		return ings[i].Namespace+"/"+ings[i].Name < ings[j].Namespace+"/"+ings[j].Name
+	})
 	var ourIngs []*networkingv1.Ingress
 	for _, ing := range ings {
 		class := ""
