@@ -9,12 +9,14 @@ provider plugin or cloud account is involved.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import re
 import string
 import sys
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -400,6 +402,13 @@ def _render(
         key = dotted.split(".")[0]
         secret_keys.append(key if ":" in key else f"{NAMESPACE}:{key}")
 
+    # Pulumi's mocks run on the thread's current event loop. A caller that used asyncio.run() before (a load
+    # client, say) left none set, and asyncio then refuses to make one: give the render its own.
+    if threading.current_thread() is threading.main_thread():
+        try:
+            asyncio.get_event_loop_policy().get_event_loop()
+        except RuntimeError:
+            asyncio.set_event_loop(asyncio.new_event_loop())
     mocks = _Mocks(stack, stack_outputs or {})
     monitor = _Monitor(mocks)
     monitor.records = registered

@@ -78,3 +78,15 @@ def test_several_problems_come_in_one_message():
 
 def test_image_must_be_a_reference():
     assert "is not an image reference" in fails(overrides={"image": "ghcr.io/openhands/agent-server:"})
+
+
+def test_a_render_after_asyncio_run_in_the_same_thread_works():
+    """asyncio.run() leaves the main thread without an event loop, and Pulumi's mocks need one (a test that
+    ran a load client before a render failed with "There is no current event loop")."""
+    import asyncio
+
+    async def nothing() -> None:
+        return None
+
+    asyncio.run(nothing())
+    assert r.render("local").one("docker:index/container:Container", "docker-proxy-caddy")
