@@ -175,7 +175,11 @@ def wait_healthy(eng: Engine, since: float, budget: float = RECOVERY_BUDGET) -> 
         health = {n: (s.get("Health") or {}).get("Status") for n, s in eng.states().items()}
         if all(h == "healthy" for h in health.values()):
             return time.monotonic() - since
-        assert "unhealthy" not in health.values(), health
+        if "unhealthy" in health.values():
+            checks = {n: (s.get("Health") or {}) for n, s in eng.states().items()}
+            logs = {n: [(x.get("ExitCode"), x.get("Output", "")[-300:]) for x in h.get("Log") or []]
+                    for n, h in checks.items() if h.get("Status") == "unhealthy"}
+            raise AssertionError(f"{health}; the failing checks: {logs}")
         assert time.monotonic() - since < budget, f"not healthy within {budget}s: {health}"
         time.sleep(0.5)
 
