@@ -135,6 +135,11 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
             t0 = time.monotonic()
             s.ok("up")
             MEASURED["openhands up (2 tenants) -> returned"] = time.monotonic() - t0
+            # `up` returns once the pods are Ready; the controller may route them a moment later (one clean-clone
+            # run got a 502 on the first call), as in the other real-pod modules.
+            for t in TENANTS:
+                s.wait_serving(t)
+            MEASURED["-> every tenant served through the controller"] = time.monotonic() - t0
             assert s.claim(SMALL)["spec"]["volumeName"] == small.name, "beta's claim is not on the small volume"
             yield s
         finally:
