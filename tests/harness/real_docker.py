@@ -17,6 +17,7 @@ its clients on that engine); ``via`` makes the HTTPS calls where that engine pub
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import ssl
@@ -343,10 +344,11 @@ def assert_secret(dep: Deployment, tenant: str) -> None:
     assert dep.https(tenant, f"/api/settings/secrets/{SECRET}", dep.key(tenant)) == (200, secret_value(tenant))
 
 
-def wait_conversation(dep: Deployment, tenant: str, conversation_id: str, budget: float) -> float:
-    """Seconds until the conversation is served; only 404 (its lease still held) or a proxy error
-    (no server yet) may come before."""
-    t0 = time.monotonic()
+def wait_conversation(dep: Deployment, tenant: str, conversation_id: str, budget: float,
+                      since: float | None = None) -> float:
+    """Seconds from ``since`` (default: now) until the conversation is served; only 404 (its lease still
+    held) or "no server" (a proxy error, a refused or dropped connection) may come before."""
+    t0 = time.monotonic() if since is None else since
     while True:
         try:
             status, body = dep.https(tenant, served(conversation_id), dep.key(tenant), timeout=5)
@@ -357,6 +359,26 @@ def wait_conversation(dep: Deployment, tenant: str, conversation_id: str, budget
         assert status in (0, 404, 502, 503), f"{tenant}: {status} {body[:300]}"
         assert time.monotonic() - t0 < budget, f"{tenant}: conversation not served within {budget}s ({status})"
         time.sleep(0.5)
+
+
+def store_secrets_and_conversations(dep: Deployment) -> dict[str, str]:
+    """Per tenant: the stored secret ``SECRET`` and a new conversation (live: the server holds its lease);
+    returns the conversation ids."""
+    ids = {}
+    for t in dep.tenants:
+        status, body = dep.https(t, "/api/settings/secrets", dep.key(t), method="PUT",
+                                 body={"name": SECRET, "value": secret_value(t)})
+        assert status == 200, body
+        ids[t] = new_conversation(dep, t)
+    return ids
+
+
+def tear_down(client: docker.DockerClient, dep: Deployment) -> None:
+    """``pulumi destroy`` of what the module applied, then the sweep by name of whatever is left."""
+    if dep.applier is not None:
+        with contextlib.suppress(Exception):  # the sweep below removes whatever is left
+            dep.applier.destroy()
+    remove_stack(client, dep.prefix)
 
 
 def served_version(dep: Deployment, tenant: str) -> str:

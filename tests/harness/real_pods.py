@@ -247,6 +247,16 @@ class PodStack:
                          started=ts(status["state"]["running"]["startedAt"]),
                          serving=ts(serving[0]), ready=ts(conditions["Ready"]["lastTransitionTime"]))
 
+    def tear_down(self, tls: TlsSecret) -> None:
+        """`openhands down --delete-data --yes` when anything is deployed, the TLS Secret's writer stopped,
+        and the namespace gone, so the node's CPUs are free before the node lock goes."""
+        try:
+            if self.sts(self.tenants[0]) is not None:
+                self.run("down", "--delete-data", "--yes")
+        finally:
+            tls.stop()
+            self.wait_namespace_gone()
+
     def wait_namespace_gone(self, timeout: float = 180) -> None:
         self.client.request("DELETE", f"/api/v1/namespaces/{self.namespace}", ok404=True)
         deadline = time.monotonic() + timeout

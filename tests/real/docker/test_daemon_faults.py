@@ -46,7 +46,7 @@ import pytest
 from components import contract
 from tests.harness import ci, private_dockerd, real_docker
 from tests.harness.private_dockerd import PrivateDockerd
-from tests.harness.real_docker import LEASE_TTL_SECONDS, SECRET, Deployment, new_conversation, secret_value, served
+from tests.harness.real_docker import LEASE_TTL_SECONDS, SECRET, Deployment, secret_value, served
 
 TENANTS = ["ann", "ben"]
 DOWN_SECONDS = 5  # how long dockerd stays down after a crash with live-restore on
@@ -101,11 +101,7 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
         for t in TENANTS:
             dep.wait_ready(t, budget=60)
         eng = Engine(daemon, dep)
-        for t in TENANTS:
-            status, body = dep.https(t, "/api/settings/secrets", dep.key(t), method="PUT",
-                                     body={"name": SECRET, "value": secret_value(t)})
-            assert status == 200, body
-            eng.conversations[t] = new_conversation(dep, t)
+        eng.conversations.update(real_docker.store_secrets_and_conversations(dep))
         note(f"setup: private dockerd + images loaded in {loaded:.0f} s, stack up in {time.monotonic() - t1:.0f} s "
              f"({time.monotonic() - t0:.0f} s in all)")
         yield eng
@@ -154,19 +150,8 @@ def wait_serving(eng: Engine, since: float, budget: float = RECOVERY_BUDGET) -> 
 
 
 def wait_conversation(eng: Engine, tenant: str, since: float, budget: float) -> float:
-    """Seconds from ``since`` until the conversation is served; before, only 404 (its lease still held)
-    or "no server" (a proxy error, a refused or dropped connection)."""
-    dep = eng.dep
-    while True:
-        try:
-            status, body = dep.https(tenant, served(eng.conversations[tenant]), dep.key(tenant), timeout=5)
-        except (OSError, ssl.SSLError):
-            status, body = 0, ""
-        if status == 200:
-            return time.monotonic() - since
-        assert status in (0, 404, 502, 503), f"{tenant}: {status} {body[:300]}"
-        assert time.monotonic() - since < budget, f"{tenant}: conversation not served within {budget}s ({status})"
-        time.sleep(0.5)
+    """Seconds from ``since`` until the tenant's conversation is served (only 404 or "no server" before)."""
+    return real_docker.wait_conversation(eng.dep, tenant, eng.conversations[tenant], budget, since=since)
 
 
 def wait_healthy(eng: Engine, since: float, budget: float = RECOVERY_BUDGET, stale_ok: bool = False) -> float:

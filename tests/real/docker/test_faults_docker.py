@@ -42,12 +42,10 @@ from tests.harness import real_docker
 from tests.harness.docker_apply import VOLUME, ApplyError
 from tests.harness.load_client import load
 from tests.harness.real_docker import (
-    SECRET,
     Deployment,
     assert_secret,
     conversation_body,
     new_conversation,
-    secret_value,
     served,
     wait_conversation,
 )
@@ -84,30 +82,15 @@ def dep(client, tmp_path_factory) -> Iterator[Deployment]:
             d.wait_ready(t, budget=60)
         yield d
     finally:
-        if d.applier is not None:
-            with contextlib.suppress(Exception):  # the sweep below removes whatever is left
-                d.applier.destroy()
-        real_docker.remove_stack(client, d.prefix)
+        real_docker.tear_down(client, d)
         for image in client.api.images(name=broken_image(d).rsplit(":", 1)[0], quiet=True):
             client.api.remove_image(image, force=True)
-
-
-
-
 
 
 @pytest.fixture(scope="module")
 def stored(dep: Deployment) -> dict[str, str]:
     """Per tenant: a stored secret and the id of a conversation (live: the server holds its lease)."""
-    ids = {}
-    for t in dep.tenants:
-        status, body = dep.https(t, "/api/settings/secrets", dep.key(t), method="PUT",
-                                 body={"name": SECRET, "value": secret_value(t)})
-        assert status == 200, body
-        ids[t] = new_conversation(dep, t)
-    return ids
-
-
+    return real_docker.store_secrets_and_conversations(dep)
 
 
 def wait_restarted(dep: Deployment, name: str, before: int, budget: float = 30) -> dict:

@@ -13,7 +13,6 @@ Everything is named ``openhands-tchange*`` and removed by name at the end.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -25,11 +24,8 @@ from tests.harness import real_docker
 from tests.harness.load_client import load
 from tests.harness.real_docker import (
     LEASE_TTL_SECONDS,
-    SECRET,
     Deployment,
     assert_secret,
-    new_conversation,
-    secret_value,
     served,
     wait_conversation,
 )
@@ -49,21 +45,12 @@ def dep(client, tmp_path_factory) -> Iterator[Deployment]:
             d.wait_ready(t)
         yield d
     finally:
-        if d.applier is not None:
-            with contextlib.suppress(Exception):  # the sweep below removes whatever is left
-                d.applier.destroy()
-        real_docker.remove_stack(client, d.prefix)
+        real_docker.tear_down(client, d)
 
 
 @pytest.fixture(scope="module")
 def stored(dep: Deployment) -> dict[str, str]:
-    ids = {}
-    for t in dep.tenants:
-        status, body = dep.https(t, "/api/settings/secrets", dep.key(t), method="PUT",
-                                 body={"name": SECRET, "value": secret_value(t)})
-        assert status == 200, body
-        ids[t] = new_conversation(dep, t)
-    return ids
+    return real_docker.store_secrets_and_conversations(dep)
 
 
 def _in_background(fn) -> tuple[threading.Thread, dict]:

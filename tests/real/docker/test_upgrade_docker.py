@@ -22,7 +22,6 @@ Without an engine or the images: FAIL under CI=true, one skip reason elsewhere. 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections import Counter
@@ -63,10 +62,7 @@ def dep(client, tmp_path_factory) -> Iterator[Deployment]:
         MEASURED.append(f"first up: {time.monotonic() - t0:.0f} s")
         yield d
     finally:
-        if d.applier is not None:
-            with contextlib.suppress(Exception):  # the sweep below removes whatever is left
-                d.applier.destroy()
-        real_docker.remove_stack(client, d.prefix)
+        real_docker.tear_down(client, d)
         if MEASURED:
             print("\n\nupgrade and rollback, measured:\n  " + "\n  ".join(MEASURED))
 

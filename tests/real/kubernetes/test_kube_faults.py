@@ -144,11 +144,8 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
             yield s
         finally:
             try:
-                if s.sts(TENANTS[0]) is not None:
-                    s.run("down", "--delete-data", "--yes")
+                s.tear_down(tls)
             finally:
-                tls.stop()
-                s.wait_namespace_gone()  # the node's CPUs are free before the lock goes
                 small.remove()
 
 

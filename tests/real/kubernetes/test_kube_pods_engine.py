@@ -57,12 +57,7 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
             MEASURED["up to Ready (engine)"] = time.monotonic() - t0
             yield s
         finally:
-            try:
-                if s.sts(TENANTS[0]) is not None:
-                    s.run("down", "--delete-data", "--yes")
-            finally:
-                tls.stop()
-                s.wait_namespace_gone()  # the node's CPUs are free before the lock goes
+            s.tear_down(tls)
 
 
 def new_conversation(s: PodStack, tenant: str, key: str, worktree: bool = False) -> dict:
