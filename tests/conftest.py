@@ -33,7 +33,7 @@ def start_agent_server(tmp_path: Path) -> Iterator:
 
 @pytest.fixture
 def run_caddy(tmp_path: Path) -> Iterator:
-    """Factory: ``run_caddy(caddyfile, upstreams=..., files=...)`` runs Debian's caddy on loopback.
+    """Factory: ``run_caddy(caddyfile, upstreams=..., files=...)`` runs the real Caddy (scripts/caddy) on loopback.
 
     See tests/harness/caddy_proxy.py; every caddy it started is stopped by PID at teardown.
     """

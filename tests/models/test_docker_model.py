@@ -1,7 +1,7 @@
 """The Docker model's render, for what a real engine and a real Caddy would do with it.
 
 Offline: no Docker engine needed (tests/real/docker/test_docker_real.py applies the same render on one).
-The log-scrubbing test runs Debian's real caddy in front of the real agent server.
+The log-scrubbing test runs the real Caddy (scripts/caddy) in front of the real agent server.
 """
 
 from __future__ import annotations

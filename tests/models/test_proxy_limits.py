@@ -1,22 +1,25 @@
 """Hostile clients against the rendered proxy (issue 21, case 8): the ``docker.proxy`` limits in Caddy.
 
-The rendered Caddyfile of the `local` stack (the `vm` stack renders the same one) runs in Debian's real
-caddy on loopback (tests/harness/caddy_proxy.py) in front of two real agent servers, alice and bob,
-booted once for the module. Each test renders the limits it needs (short timeouts, a small cap) and
+The rendered Caddyfile of the `local` stack (the `vm` stack renders the same one) runs in the real
+Caddy of scripts/caddy on loopback (tests/harness/caddy_proxy.py) in front of two real agent servers, alice
+and bob, booted once for the module. Each test renders the limits it needs (short timeouts, a small cap) and
 asserts what a client sees: a body over the limit refused with 413 before the server sees it, a
 slow-header client cut while others are served, a tenant at its connection cap queueing its own
 requests while the other tenant is served at once, and a WebSocket that stays open, idle, longer than
-every timeout of the proxy. docs/local.md ("Limits") states the values and why.
+every timeout of the proxy, and a streamed response passed on as it is written. docs/local.md ("Limits")
+states the values and why.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import http.server
 import json
 import re
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -340,3 +343,63 @@ def test_open_websockets_do_not_count_against_the_cap(run_caddy, tenants) -> Non
     finally:
         for ws in sockets:
             ws.close()
+
+
+class _Streamer(http.server.BaseHTTPRequestHandler):
+    """An upstream that streams as the agent server's StreamingResponses do (no Content-Length): two
+    parts, ``PAUSE`` seconds apart, as Server-Sent Events (``/sse``) or plain chunked JSON lines."""
+
+    protocol_version = "HTTP/1.1"
+    PAUSE = 2.0
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        kind = "text/event-stream" if self.path == "/sse" else "application/x-ndjson"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i, part in enumerate((b"data: one\n\n", b"data: two\n\n")):
+            if i:
+                time.sleep(self.PAUSE)
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_streamed_response_reaches_the_client_as_it_is_written(run_caddy) -> None:
+    """The rendered reverse_proxy sets no flush_interval: Caddy flushes every write of a response without a
+    Content-Length (and of any text/event-stream) at once, so a stream's first part arrives before its
+    last is written, for Server-Sent Events and for a plain chunked body alike."""
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Streamer)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    try:
+        https_port, http_port = free_port(), free_port()
+        text = caddyfile_of(render("local", overrides={"tenants": TENANTS, "docker.httpsPort": https_port,
+                                                       "docker.httpPort": http_port}))
+        assert "flush_interval" not in text
+        port = upstream.server_address[1]
+        run = run_caddy(text, upstreams={f"agent-{t}:{contract.PORT}": f"127.0.0.1:{port}" for t in TENANTS},
+                        wait_for_cert="alice.localhost")
+        for path in ("/sse", "/lines"):
+            with tls_socket(run, "alice") as sock:
+                t0 = time.monotonic()
+                sock.sendall(f"GET {path} HTTP/1.1\r\nHost: alice.localhost:{https_port}\r\n\r\n".encode())
+                data = b""
+                while b"one" not in data:
+                    chunk = sock.recv(65536)
+                    assert chunk, data
+                    data += chunk
+                first = time.monotonic() - t0
+                while b"two" not in data:
+                    chunk = sock.recv(65536)
+                    assert chunk, data
+                    data += chunk
+                last = time.monotonic() - t0
+            assert data.startswith(b"HTTP/1.1 200"), data[:200]
+            assert first < _Streamer.PAUSE / 2 and last >= _Streamer.PAUSE, (path, first, last)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
