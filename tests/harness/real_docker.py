@@ -218,6 +218,11 @@ class Deployment:
     def proxy(self) -> str:
         return f"{self.prefix}-proxy"
 
+    def proxy_ip(self) -> str:
+        """Caddy's address on its own network (``<prefix>-proxy-net``); tests and benches only."""
+        nets = self.client.api.inspect_container(self.proxy)["NetworkSettings"]["Networks"]
+        return nets[f"{self.prefix}-proxy-net"]["IPAddress"]
+
     def fetch_ca(self, dest: Path, timeout: float = 30) -> Path:
         """Caddy's internal root, copied out of the proxy (what the README's Connect section tells users to do)."""
         path = f"{caddy.DATA_DIR}/caddy/pki/authorities/local/root.crt"
@@ -289,15 +294,18 @@ def new_deployment(client: docker.DockerClient, tag: str, tenants: list[str], **
 
 def load_targets(dep: Deployment, tenants: list[str], via: str, conversations: Mapping[str, str] | None = None):
     """tests/harness/load_client.py targets for ``tenants``: ``via="proxy"`` through Caddy on loopback (TLS
-    with Caddy's root, SNI and Host the tenant's host), ``via="direct"`` plain HTTP to each server's
-    address on its network."""
+    with Caddy's root, SNI and Host the tenant's host: the published port, which Docker's userland
+    ``docker-proxy`` relays for loopback clients), ``via="proxy-bridge"`` the same to Caddy's address on
+    its own network (what a remote client reaches through the engine's DNAT, without that relay),
+    ``via="direct"`` plain HTTP to each server's address on its network."""
     from tests.harness.load_client import Target
 
     conversations = conversations or {}
-    if via == "proxy":
+    if via in ("proxy", "proxy-bridge"):
         assert dep.ca is not None
         ctx = ssl.create_default_context(cafile=str(dep.ca))
-        return [Target(t, "127.0.0.1", dep.https_port, dep.host(t), dep.key(t), ctx, conversations.get(t))
+        address = "127.0.0.1" if via == "proxy" else dep.proxy_ip()
+        return [Target(t, address, dep.https_port, dep.host(t), dep.key(t), ctx, conversations.get(t))
                 for t in tenants]
     if via == "direct":
         out = []
