@@ -263,6 +263,8 @@ def container_spec(cfg: StackConfig, keys: TenantKeys, secret_name: str) -> dict
     """The agent-server container, all from the runtime contract: keys from the Secret by
     secretKeyRef, state on the claim, scratch dirs on emptyDirs, a read-only root, no privilege."""
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.container_env().items()]
+    # tini is not PID 1 in the pod's shared PID namespace: as a subreaper it still reaps the server's orphans.
+    env.append({"name": "TINI_SUBREAPER", "value": "1"})
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": name}}}
         for name in keys.env_names
@@ -404,6 +406,11 @@ class KubernetesTenant(pulumi.ComponentResource):
                         "automountServiceAccountToken": False,
                         "enableServiceLinks": False,
                         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+                        # One PID namespace for the pod's life (its pause process is PID 1), so a server
+                        # restarted after a crash or an OOM kill never gets the dead one's PID back: the
+                        # server then sees the lease's owner is gone and takes its conversations over at once,
+                        # instead of answering 404 until the 45 s lease expires (docs/faults.md).
+                        "shareProcessNamespace": True,
                         **({"nodeSelector": dict(settings.node_selector)} if settings.node_selector else {}),
                         **({"tolerations": [t.model_dump(by_alias=True, exclude_none=True)
                                             for t in settings.tolerations]} if settings.tolerations else {}),

@@ -219,6 +219,15 @@ class PodStack:
         finally:
             conn.close()
 
+    def new_conversation(self, tenant: str, key: str, worktree: bool = False) -> tuple[int, str]:
+        """POST a conversation (no LLM call is made) in the default workspace, on the claim: (status, body)."""
+        body: dict[str, Any] = {
+            "agent": {"llm": {"model": "openai/gpt-4o", "api_key": "sk-unused"}, "tools": []},
+            "workspace": {"kind": "LocalWorkspace", "working_dir": contract.STATE_ENV["OH_WORKSPACE_PATH"]}}
+        if worktree:
+            body["worktree"] = True
+        return self.https(tenant, "/api/conversations", key, method="POST", body=body, timeout=60)
+
     def wait_serving(self, tenant: str, budget: float = 120) -> float:
         """Monotonic time at which /ready first answered 200 through the controller."""
         deadline = time.monotonic() + budget
@@ -264,6 +273,18 @@ class PodStack:
             if time.monotonic() > deadline:
                 raise AssertionError(f"namespace {self.namespace} still there after {timeout}s")
             time.sleep(0.5)
+
+
+def served(cid: str) -> str:
+    """A path that needs the conversation live on the server answering (it takes the lease): its events."""
+    return f"/api/conversations/{cid}/events/search"
+
+
+def report(measured: dict[str, object], name: str) -> None:
+    """Print what a case measured (seen with ``-s``; docs/faults.md keeps the figures), then forget it."""
+    print(f"\n[{name}] " + "; ".join(f"{k}: {v:.1f} s" if isinstance(v, float) else f"{k}: {v}"
+                                      for k, v in measured.items()))
+    measured.clear()
 
 
 def new_pod_stack(project: EngineProject, kubeconfig: str, kubectl: str, random_standin: Path, work: Path,

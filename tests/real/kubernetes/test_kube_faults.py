@@ -12,17 +12,21 @@ Each tenant stores a secret and opens a conversation, then, in order:
    pod's container, found through the container's cgroup; not a pod delete) while ``beta`` is under
    load: beta sees no error; alpha's container is restarted in the same pod (restartCount + 1, exit
    137), serves again, and its secret is served at once. Then a second crash, minutes later: the kubelet
-   waits out its CrashLoopBackOff first. Kubernetes keeps the server's conversation leases (45 s): a
-   restarted server whose PID (in the container's fresh PID namespace, same hostname) is the one the
-   lease names cannot tell its owner is gone, and the conversation answers 404 until the lease expires.
-   Asserted each time: served within ``max(kill -> /ready, 45 s) + 10 s`` of the kill, only 404 or "no
-   server" before; printed: the PIDs and how many 404s came;
-3. **one tenant changed under load** (case 2): alpha's session key replaced through ``tenantKeys``
+   waits out its CrashLoopBackOff first. Kubernetes keeps the server's conversation leases (45 s); the
+   pod's one PID namespace (``shareProcessNamespace``) gives the restarted server a new PID, so it sees
+   the lease's owner is dead and takes the conversation over at once. Asserted each time: a new, higher
+   PID, no 404, the conversation served within 5 s of ``/ready``; printed: the PIDs and the times;
+3. **an OOM kill**: alpha's server made the OOM killer's choice and memory eaten in its container up
+   to the module's 768 MiB limit: the container restarts in the same pod, ``OOMKilled``, nothing lost;
+4. **rotation under load** (case 2): ``openhands rotate`` with both tenants under load, the clients
+   holding the old keys: every pod rolls, each tenant fails only inside its own restart window and only
+   as "no server", and everything stored is served after with the new keys and the old ones;
+5. **one tenant changed under load** (case 2): alpha's session key replaced through ``tenantKeys``
    (the old key kept as the previous one) and ``openhands up``, with both tenants under load: only
    alpha's pod rolls; alpha's calls fail only inside its own restart window and only as "no server"
    (502/503, dropped connections; never 401/404/500); beta sees no error and keeps its WebSockets;
    nothing is lost;
-4. **full volume** (case 5): the claims ask 32Mi. alpha's volume is local-path's (a directory: it holds
+6. **full volume** (case 5): the claims ask 32Mi. alpha's volume is local-path's (a directory: it holds
    more than its claim); beta's claim is bound to a test-made PersistentVolume on a 32 MiB tmpfs (a
    filesystem of the claim's size, as a CSI driver provisions): filled until ENOSPC, writes answer 500,
    reads work, the pod stays Ready and is not restarted, alpha writes as usual, and freeing space
@@ -57,13 +61,14 @@ from typing import Any
 import pytest
 
 from components import contract
+from tests.harness import real_pods
 from tests.harness.ci import unavailable
 from tests.harness.load_client import LoadResult, Target, load
 from tests.harness.real_engine import make_engine_project, pulumi_bin, random_standin_bin  # noqa: F401 - fixture
 from tests.harness.real_node import NodeCluster, ts
-from tests.harness.real_pods import NODE, STACK, PodStack, new_pod_stack, node_lock
+from tests.harness.real_pods import NODE, STACK, PodStack, new_pod_stack, node_lock, served
 
-CRASHED = "alpha"  # crashed (case 4), then its keys changed (case 2)
+CRASHED = "alpha"  # crashed (case 4), OOM-killed, then its keys changed (case 2)
 SMALL = "beta"  # on the size-capped volume (case 5)
 TENANTS = [CRASHED, SMALL]
 SECRET = "GITHUB_TOKEN"
@@ -71,6 +76,10 @@ LEASE_TTL_SECONDS = 45  # the server's OH_LEASE_TTL_SECONDS default; the Kuberne
 STORAGE = "32Mi"  # every claim's request (storageSize)
 SMALL_MIB = 32  # beta's filesystem
 CLIENTS = 5
+# What a client sees while no server is behind the route (never 401, 404 or 500).
+NO_SERVER = (": 502", ": 503", "ConnectionLost", "ConnectionResetError", "ConnectionRefusedError",
+             "IncompleteReadError", "BrokenPipeError", "TimeoutError", "websocket: ")
+MEMORY_MIB = 768  # each server's memory request and limit (Guaranteed): an idle server holds about 300 MiB
 OFFSET = time.time() - time.monotonic()  # monotonic -> epoch
 MEASURED: dict[str, object] = {}
 
@@ -128,6 +137,7 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
         s, tls = new_pod_stack(project, node_cluster.kubeconfig, node_cluster.kubectl, standin, work, TENANTS, ns)
         data = s.data()
         data["config"]["openhands:kubernetes"]["storageSize"] = STORAGE
+        data["config"]["openhands:resources"]["memory"] = MEMORY_MIB
         s.write(data)
         small = SmallVolume(s, work / "small-volume", s.names(SMALL)["claim"])
         try:
@@ -153,20 +163,7 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
 
 
 def report(name: str) -> None:
-    print(f"\n[{name}] " + "; ".join(f"{k}: {v:.1f} s" if isinstance(v, float) else f"{k}: {v}"
-                                      for k, v in MEASURED.items()))
-    MEASURED.clear()
-
-
-def new_conversation(s: PodStack, tenant: str, key: str) -> tuple[int, str]:
-    body = {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "sk-unused"}, "tools": []},  # no LLM call
-            "workspace": {"kind": "LocalWorkspace", "working_dir": contract.STATE_ENV["OH_WORKSPACE_PATH"]}}
-    return s.https(tenant, "/api/conversations", key, method="POST", body=body, timeout=60)
-
-
-def served(cid: str) -> str:
-    """Needs the conversation live on this server (it takes the lease): its events."""
-    return f"/api/conversations/{cid}/events/search"
+    real_pods.report(MEASURED, name)
 
 
 def store(s: PodStack) -> dict[str, str]:
@@ -177,7 +174,7 @@ def store(s: PodStack) -> dict[str, str]:
         status, body = s.https(t, "/api/settings/secrets", key, method="PUT",
                                body={"name": SECRET, "value": secret_value(t)})
         assert status == 200, body
-        status, body = new_conversation(s, t, key)
+        status, body = s.new_conversation(t, key)
         assert status == 201, f"{t}: {status} {body[:300]}"
         ids[t] = json.loads(body)["id"]
     return ids
@@ -270,7 +267,7 @@ def load_case(s: PodStack, stored: dict[str, str]) -> None:
 
 def crash(s: PodStack, stored: dict[str, str], label: str) -> float:
     """SIGKILL the tenant's agent server by its PID on the node (a crash, not a pod delete), then wait
-    until it serves again; asserts the restart in place and the lease bound, records the times."""
+    until it serves again; asserts the restart in place and the lease taken over, records the times."""
     a = CRASHED
     pod = s.pod(a)
     uid, before = pod["metadata"]["uid"], pod["status"]["containerStatuses"][0]["restartCount"]
@@ -292,11 +289,18 @@ def crash(s: PodStack, stored: dict[str, str], label: str) -> float:
     MEASURED[f"{label}: kill -> the conversation served"] = conversation - t0
     MEASURED[f"{label}: 404s before it was served"] = seen.count(404)
     MEASURED[f"{label}: server PID in its container before/after"] = f"{pid}/{new_pid}"
-    # The conversation comes back once the restarted server can take its lease: at once when no process
-    # (or thread) of the new container has the PID the lease names, else when the dead server's lease
-    # (renewed every 15 s, 45 s long) expires: the kill + 45 s at the latest.
-    assert conversation - t0 <= max(ready - t0, LEASE_TTL_SECONDS) + 10, (conversation - t0, ready - t0)
+    assert_taken_over(pid, new_pid, ready, conversation, seen)
     return t0
+
+
+def assert_taken_over(pid: int, new_pid: int, ready: float, conversation: float, seen: list[int]) -> None:
+    """The restarted server took the dead one's conversation lease over at once. The lease names its owner
+    by hostname (the pod's, the same after a container restart) and PID; the pod's one PID namespace
+    (``shareProcessNamespace``) outlives the container, so the new server never gets the dead one's PID and
+    sees the owner is gone. Without it the new PID was often the same (6-8 in a fresh namespace), and the
+    conversation answered 404 until the 45 s lease expired."""
+    assert new_pid > pid, (pid, new_pid)
+    assert 404 not in seen and conversation - ready <= 5, (conversation - ready, sorted(set(seen)))
 
 
 def crash_case(s: PodStack, stored: dict[str, str]) -> None:
@@ -316,17 +320,111 @@ def crash_case(s: PodStack, stored: dict[str, str]) -> None:
     assert_state(s, stored)
     report("crash")
     # A second crash: the kubelet waits out its CrashLoopBackOff (10 s after one restart) before it starts
-    # the container again, and the new server often gets the dead one's PID (the lease then holds).
+    # the container again.
     crash(s, stored, "second crash")
     assert_state(s, stored)
     report("second crash")
 
 
-# ------------------------------------------------------------------ 3. one tenant changed under load
+# ------------------------------------------------------------------ 3. an OOM kill
 
 
-NO_SERVER = (": 502", ": 503", "ConnectionLost", "ConnectionResetError", "ConnectionRefusedError",
-             "IncompleteReadError", "BrokenPipeError", "TimeoutError", "websocket: ")
+def oom_case(s: PodStack, stored: dict[str, str]) -> None:
+    """alpha's container reaches its memory limit: the kernel kills the server, the kubelet restarts the
+    container in the same pod (reason OOMKilled), and nothing stored is lost. As on Docker, the test makes
+    the server the OOM killer's choice (``oom_score_adj`` 1000, from the node: a Guaranteed pod's processes
+    all get -997, so a tool the agent runs that eats memory is the one killed, and the server lives on), then
+    runs ``tail /dev/zero`` in the container (a line that never ends) until the limit is reached."""
+    a = CRASHED
+    pod = s.pod(a)
+    uid, before = pod["metadata"]["uid"], pod["status"]["containerStatuses"][0]["restartCount"]
+    assert pod["spec"]["containers"][0]["resources"]["limits"]["memory"] == f"{MEMORY_MIB}Mi"
+    host_pid, pid = server_process(s, a)
+    Path(f"/proc/{host_pid}/oom_score_adj").write_text("1000")
+    t0 = time.monotonic()
+    eater = subprocess.Popen([s.kubectl, "--kubeconfig", s.kubeconfig, "-n", s.namespace, "exec", s.pod_name(a),
+                              "-c", "agent-server", "--", "timeout", "60", "tail", "/dev/zero"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while s.pod(a)["status"]["containerStatuses"][0]["restartCount"] == before:  # still eating
+            assert time.monotonic() < deadline, f"{a}: no OOM kill within 120 s ({eater.poll()=})"
+            time.sleep(0.2)
+        killed = time.monotonic()
+        ready = s.wait_serving(a, budget=240)
+    finally:
+        eater.kill()
+        eater.wait(timeout=30)
+    assert s.https(a, f"/api/settings/secrets/{SECRET}", s.key(a)) == (200, secret_value(a))
+    conversation, seen = wait_conversation(s, a, stored[a], s.key(a), budget=LEASE_TTL_SECONDS + 60)
+    _, new_pid = server_process(s, a)
+    assert_taken_over(pid, new_pid, ready, conversation, seen)
+    pod = s.pod(a)
+    (status,) = pod["status"]["containerStatuses"]
+    assert pod["metadata"]["uid"] == uid, "the pod was replaced: an OOM kill restarts the container in place"
+    assert status["restartCount"] == before + 1, status
+    last = status["lastState"]["terminated"]
+    assert last["reason"] == "OOMKilled" and last["exitCode"] == 137, last
+    MEASURED["memory limit"] = f"{MEMORY_MIB} MiB"
+    MEASURED["last state"] = f"{last['reason']}, exit {last['exitCode']}"
+    MEASURED["memory eaten from -> the restart seen"] = killed - t0
+    MEASURED["-> /ready through the controller"] = ready - t0
+    MEASURED["-> the conversation served"] = conversation - t0
+    MEASURED["server PID before/after"] = f"{pid}/{new_pid}"
+    assert_state(s, stored)
+    report("OOM kill")
+
+
+# ------------------------------------------------------------------ 4. every tenant rotated under load
+
+
+def rotate_case(s: PodStack, stored: dict[str, str]) -> None:
+    """``openhands rotate`` while both tenants are under load, the clients holding the old keys (kept as the
+    previous keys): every pod rolls, each tenant fails only inside its own restart window and only as "no
+    server" (never 401/404/500), and every stored secret and conversation is served after, with either key."""
+    old = {t: s.key(t) for t in TENANTS}
+    pods = {t: s.pod(t)["metadata"]["uid"] for t in TENANTS}
+    claims = {t: s.claim(t)["metadata"]["uid"] for t in TENANTS}
+    stop = threading.Event()
+    thread, out = in_background(lambda: load(targets(s, TENANTS, stored, keys=old), clients=CLIENTS, duration=300,
+                                             think=0.1, timeout=30, stop=stop))
+    time.sleep(3)
+    t0 = time.monotonic()
+    try:
+        text = s.ok("rotate")
+        returned = time.monotonic()
+        back = {t: s.wait_serving(t, budget=60) for t in TENANTS}
+        time.sleep(3)  # the load goes on after the rotation
+    finally:
+        stop.set()
+        thread.join()
+    result = out["result"]
+    assert "keys.rotation: 0 -> 1" in text
+    assert "rollout: every tenant's pod runs the applied spec and is Ready" in text
+    MEASURED["openhands rotate"] = returned - t0
+    for t in TENANTS:
+        stats = result.per_target[t]
+        kinds = [x for x in stats.error_samples if not any(k in x for k in NO_SERVER)]
+        assert not kinds, f"{t}: failures other than 'no server': {kinds}"
+        calls = stats.error_times[:len(stats.error_times) - stats.ws_failed]
+        assert not calls or (min(calls) >= t0 - 1 and max(calls) <= back[t] + 1), \
+            (t, "failed outside its restart", [round(x - t0, 1) for x in calls[:5]], round(back[t] - t0, 1))
+        window = (max(calls) - min(calls)) if calls else 0.0
+        MEASURED[f"{t}: failed calls / failing window / serving again"] = (
+            f"{len(calls)} / {window:.1f} s / {back[t] - t0:.1f} s")
+        MEASURED[f"{t}: WebSockets dropped by its restart"] = f"{stats.ws_failed}/{CLIENTS}"
+        assert s.pod(t)["metadata"]["uid"] != pods[t], f"{t}: the pod was not rolled"
+        assert s.claim(t)["metadata"]["uid"] == claims[t], f"{t}: the claim changed"
+        assert s.key(t) != old[t] and s.key(t, 1) == old[t]
+    MEASURED["load meanwhile"] = result.summary()
+    assert_state(s, stored)  # the new keys
+    assert_state(s, stored, key_of=lambda t: old[t])  # the keys the clients held
+    report("rotation under load")
+
+
+# ------------------------------------------------------------------ 5. one tenant changed under load
+
+
 
 
 def change_case(s: PodStack, stored: dict[str, str]) -> None:
@@ -386,7 +484,7 @@ def change_case(s: PodStack, stored: dict[str, str]) -> None:
     report("one tenant changed under load")
 
 
-# ------------------------------------------------------------------ 4. a full volume
+# ------------------------------------------------------------------ 6. a full volume
 
 
 def full_volume_case(s: PodStack, stored: dict[str, str]) -> None:
@@ -404,7 +502,7 @@ def full_volume_case(s: PodStack, stored: dict[str, str]) -> None:
         status, body = s.https(SMALL, "/api/settings/secrets", key, method="PUT", body={"name": "OTHER", "value": "x"})
         assert status == 500, body
         MEASURED["PUT secret"] = f"{status} {body[:100]}"
-        status, body = new_conversation(s, SMALL, key)
+        status, body = s.new_conversation(SMALL, key)
         assert status == 500 and "No space left on device" in body, body
         MEASURED["POST conversation"] = f"{status} {body[:120]}"
         # Reads work, /ready is 200, and the pod stays Ready: no probe notices.
@@ -423,7 +521,7 @@ def full_volume_case(s: PodStack, stored: dict[str, str]) -> None:
     # Space freed: writes work at once; the conversation is intact.
     status, body = s.https(SMALL, "/api/settings/secrets", key, method="PUT", body={"name": "OTHER", "value": "x"})
     assert status == 200, body
-    assert new_conversation(s, SMALL, key)[0] == 201
+    assert s.new_conversation(SMALL, key)[0] == 201
     assert_state(s, stored, [SMALL])
     report("full volume")
 
@@ -438,5 +536,7 @@ def test_real_pods_under_load_and_faults(stack: PodStack) -> None:
     stored = store(stack)
     load_case(stack, stored)
     crash_case(stack, stored)
+    oom_case(stack, stored)
+    rotate_case(stack, stored)
     change_case(stack, stored)
     full_volume_case(stack, stored)

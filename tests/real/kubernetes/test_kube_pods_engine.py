@@ -32,9 +32,10 @@ from pathlib import Path
 import pytest
 
 from components import contract
+from tests.harness import real_pods
 from tests.harness.real_engine import make_engine_project, pulumi_bin, random_standin_bin  # noqa: F401 - fixture
 from tests.harness.real_node import NodeCluster
-from tests.harness.real_pods import NODE, PodStack, new_pod_stack, node_lock
+from tests.harness.real_pods import NODE, PodStack, new_pod_stack, node_lock, served
 
 TENANTS = ["alpha", "beta"]
 SECRET = ("GITHUB_TOKEN", "ghp_survives_pods_0123456789")
@@ -61,11 +62,7 @@ def stack(node_cluster: NodeCluster, pulumi_bin: Path, tmp_path_factory) -> Iter
 
 
 def new_conversation(s: PodStack, tenant: str, key: str, worktree: bool = False) -> dict:
-    body = {"agent": {"llm": {"model": "openai/gpt-4o", "api_key": "sk-unused"}, "tools": []},  # no LLM call
-            "workspace": {"kind": "LocalWorkspace", "working_dir": REPO}}
-    if worktree:
-        body["worktree"] = True
-    status, text = s.https(tenant, "/api/conversations", key, method="POST", body=body, timeout=60)
+    status, text = s.new_conversation(tenant, key, worktree)
     assert status == 201, f"{tenant}: {status} {text[:500]}"
     return json.loads(text)
 
@@ -77,11 +74,6 @@ def bash(s: PodStack, tenant: str, key: str, cid: str, command: str) -> tuple[in
     assert status == 200, f"{tenant}: {status} {text[:500]}"
     out = json.loads(text)
     return out["exit_code"], (out.get("stdout") or "") + (out.get("stderr") or "")
-
-
-def served(cid: str) -> str:
-    """Needs the conversation live on this server (it takes the lease): its events (test_docker_real.py)."""
-    return f"/api/conversations/{cid}/events/search"
 
 
 class Watch:
@@ -153,9 +145,7 @@ def assert_state(s: PodStack, stored: dict[str, dict[str, str]], key_of=None) ->
 
 
 def report(name: str) -> None:
-    print(f"\n[{name}] " + "; ".join(f"{k}: {v:.1f} s" if isinstance(v, float) else f"{k}: {v}"
-                                      for k, v in MEASURED.items()))
-    MEASURED.clear()
+    real_pods.report(MEASURED, name)
 
 
 # ------------------------------------------------------------------ 1. readiness
@@ -216,8 +206,9 @@ def pod_security(stack: PodStack) -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     assert spec["automountServiceAccountToken"] is False
+    assert spec["shareProcessNamespace"] is True  # the pause process is PID 1: a restarted server gets a new PID
 
-    run = s.exec("alpha", "id -u; id -g; grep -E '^(NoNewPrivs|CapEff)' /proc/1/status; "
+    run = s.exec("alpha", "id -u; id -g; grep -E '^(NoNewPrivs|CapEff)' /proc/self/status; "
                           "touch /probe 2>/dev/null && echo root-writable || echo root-read-only; "
                           f"find {contract.DATA_DIR} /tmp $HOME -mindepth 1 -maxdepth 1 ! -user {contract.UID} "
                           "-printf 'not-ours %p\\n'; "
