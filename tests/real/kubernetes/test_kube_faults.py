@@ -326,6 +326,45 @@ def crash_case(s: PodStack, stored: dict[str, str]) -> None:
     report("second crash")
 
 
+# ------------------------------------------------------------------ an operator command under load
+
+
+def run_under_load(s: PodStack, stored: dict[str, str], keys: dict[str, str], command: str,
+                   rolled: list[str]) -> tuple[str, float, float, dict[str, float], LoadResult]:
+    """``openhands <command>`` while both tenants are under load (the clients holding ``keys``), then wait
+    until each ``rolled`` tenant serves again through the controller; the load goes on 3 s more. Returns
+    the command's output, when it started and returned, when each rolled tenant served again, the load."""
+    stop = threading.Event()
+    thread, out = in_background(lambda: load(targets(s, TENANTS, stored, keys=keys), clients=CLIENTS, duration=300,
+                                             think=0.1, timeout=30, stop=stop))
+    time.sleep(3)
+    t0 = time.monotonic()
+    try:
+        text = s.ok(command)
+        returned = time.monotonic()
+        back = {t: s.wait_serving(t, budget=60) for t in rolled}
+        time.sleep(3)
+    finally:
+        stop.set()
+        thread.join()
+    assert "rollout: every tenant's pod runs the applied spec and is Ready" in text
+    return text, t0, returned, back, out["result"]
+
+
+def assert_failed_only_in_its_restart(result: LoadResult, tenant: str, t0: float, back: float) -> list[float]:
+    """The tenant's calls failed only as "no server" (never 401/404/500) and only between the command's
+    start and its server serving again; returns the failed calls' times (a dropped WebSocket is found, and
+    recorded, when the run ends, so it is not among them)."""
+    stats = result.per_target[tenant]
+    kinds = [x for x in stats.error_samples if not any(k in x for k in NO_SERVER)]
+    assert not kinds, f"{tenant}: failures other than 'no server': {kinds}"
+    calls = stats.error_times[:len(stats.error_times) - stats.ws_failed]
+    assert not calls or (min(calls) >= t0 - 1 and max(calls) <= back + 1), \
+        (tenant, "failed outside its restart", [round(x - t0, 1) for x in calls[:5]], round(back - t0, 1))
+    assert len(stats.latencies) > 0
+    return calls
+
+
 # ------------------------------------------------------------------ 3. an OOM kill
 
 
@@ -385,30 +424,12 @@ def rotate_case(s: PodStack, stored: dict[str, str]) -> None:
     old = {t: s.key(t) for t in TENANTS}
     pods = {t: s.pod(t)["metadata"]["uid"] for t in TENANTS}
     claims = {t: s.claim(t)["metadata"]["uid"] for t in TENANTS}
-    stop = threading.Event()
-    thread, out = in_background(lambda: load(targets(s, TENANTS, stored, keys=old), clients=CLIENTS, duration=300,
-                                             think=0.1, timeout=30, stop=stop))
-    time.sleep(3)
-    t0 = time.monotonic()
-    try:
-        text = s.ok("rotate")
-        returned = time.monotonic()
-        back = {t: s.wait_serving(t, budget=60) for t in TENANTS}
-        time.sleep(3)  # the load goes on after the rotation
-    finally:
-        stop.set()
-        thread.join()
-    result = out["result"]
+    text, t0, returned, back, result = run_under_load(s, stored, old, "rotate", TENANTS)
     assert "keys.rotation: 0 -> 1" in text
-    assert "rollout: every tenant's pod runs the applied spec and is Ready" in text
     MEASURED["openhands rotate"] = returned - t0
     for t in TENANTS:
         stats = result.per_target[t]
-        kinds = [x for x in stats.error_samples if not any(k in x for k in NO_SERVER)]
-        assert not kinds, f"{t}: failures other than 'no server': {kinds}"
-        calls = stats.error_times[:len(stats.error_times) - stats.ws_failed]
-        assert not calls or (min(calls) >= t0 - 1 and max(calls) <= back[t] + 1), \
-            (t, "failed outside its restart", [round(x - t0, 1) for x in calls[:5]], round(back[t] - t0, 1))
+        calls = assert_failed_only_in_its_restart(result, t, t0, back[t])
         window = (max(calls) - min(calls)) if calls else 0.0
         MEASURED[f"{t}: failed calls / failing window / serving again"] = (
             f"{len(calls)} / {window:.1f} s / {back[t] - t0:.1f} s")
@@ -440,30 +461,11 @@ def change_case(s: PodStack, stored: dict[str, str]) -> None:
                          "--stack", STACK)
     pods = {t: s.pod(t) for t in TENANTS}
     claims = {t: s.claim(t)["metadata"]["uid"] for t in TENANTS}
-    stop = threading.Event()
-    thread, out = in_background(lambda: load(targets(s, TENANTS, stored, keys=old), clients=CLIENTS, duration=300,
-                                             think=0.1, timeout=30, stop=stop))
-    time.sleep(3)
-    t0 = time.monotonic()
-    try:
-        up = s.ok("up")
-        returned = time.monotonic()
-        back = s.wait_serving(a, budget=60)
-        time.sleep(3)  # the load goes on after the change
-    finally:
-        stop.set()
-        thread.join()
-    result = out["result"]
-    assert "rollout: every tenant's pod runs the applied spec and is Ready" in up
+    _, t0, returned, served_again, result = run_under_load(s, stored, old, "up", [a])
+    back = served_again[a]
     stats = result.per_target[a]
-    kinds = [x for x in stats.error_samples if not any(k in x for k in NO_SERVER)]
-    assert not kinds, f"{a}: failures other than 'no server': {kinds}"  # never 401/404/500
-    # The calls' failures, in time order; a dropped WebSocket is found (and recorded) when the run ends.
-    calls = stats.error_times[:len(stats.error_times) - stats.ws_failed]
+    calls = assert_failed_only_in_its_restart(result, a, t0, back)
     window = (max(calls) - min(calls)) if calls else 0.0
-    assert not calls or (min(calls) >= t0 - 1 and max(calls) <= back + 1), \
-        (a, "failed outside its restart", [round(x - t0, 1) for x in calls[:5]], round(back - t0, 1))
-    assert len(stats.latencies) > 0
     MEASURED["openhands up (one tenant's keys)"] = returned - t0
     MEASURED[f"{a}: failed calls / failing window"] = f"{len(calls)} / {window:.1f} s"
     MEASURED[f"{a}: up started -> failures began / ended / serving again"] = (
