@@ -88,6 +88,11 @@ PLAIN_ENV: dict[str, str] = {
 # (0 disables leasing, per the server's config), and the conversations are served at once.
 LEASE_TTL_ENV = "OH_LEASE_TTL_SECONDS"
 NO_LEASES: dict[str, str] = {LEASE_TTL_ENV: "0"}
+# A model that keeps leases can still have a restarted server take them over at once: the server treats
+# an owner on its own host whose PID is gone as dead, so the restart must bring a new PID. A PID namespace
+# that outlives the container does (a Kubernetes pod's shared one); tini is then not PID 1 and must be a
+# subreaper to keep reaping the server's orphans.
+SHARED_PID_NAMESPACE: dict[str, str] = {"TINI_SUBREAPER": "1"}
 
 # Secret env names. The server accepts every OH_SESSION_API_KEYS_<n>, so the
 # previous session key keeps working until the next rotation; OH_PREVIOUS_SECRET_KEYS_<n>

@@ -262,9 +262,8 @@ Meta = Callable[..., dict[str, Any]]  # object_meta with the namespace and label
 def container_spec(cfg: StackConfig, keys: TenantKeys, secret_name: str) -> dict[str, Any]:
     """The agent-server container, all from the runtime contract: keys from the Secret by
     secretKeyRef, state on the claim, scratch dirs on emptyDirs, a read-only root, no privilege."""
-    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in contract.container_env().items()]
-    # tini is not PID 1 in the pod's shared PID namespace: as a subreaper it still reaps the server's orphans.
-    env.append({"name": "TINI_SUBREAPER", "value": "1"})
+    plain = contract.container_env(contract.SHARED_PID_NAMESPACE)  # the pod's shareProcessNamespace
+    env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in plain.items()]
     env += [
         {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": name}}}
         for name in keys.env_names

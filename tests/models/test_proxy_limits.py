@@ -151,15 +151,19 @@ def call(run: Caddy, tenant: str, method: str, path: str, body: bytes | None = N
         conn.close()
 
 
-def response_head(sock: ssl.SSLSocket) -> str:
-    """The status line and headers the proxy answered on ``sock``."""
-    data = b""
-    while b"\r\n\r\n" not in data:
+def recv_until(sock: ssl.SSLSocket, marker: bytes, data: bytes = b"") -> bytes:
+    """``data`` and what ``sock`` receives after it, up to and including ``marker`` (or until the peer closes)."""
+    while marker not in data:
         chunk = sock.recv(65536)
         if not chunk:
             break
         data += chunk
-    return data.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+    return data
+
+
+def response_head(sock: ssl.SSLSocket) -> str:
+    """The status line and headers the proxy answered on ``sock``."""
+    return recv_until(sock, b"\r\n\r\n").split(b"\r\n\r\n", 1)[0].decode(errors="replace")
 
 
 def closed_by_peer(sock: ssl.SSLSocket, wait: float) -> bool:
@@ -387,17 +391,11 @@ def test_a_streamed_response_reaches_the_client_as_it_is_written(run_caddy) -> N
             with tls_socket(run, "alice") as sock:
                 t0 = time.monotonic()
                 sock.sendall(f"GET {path} HTTP/1.1\r\nHost: alice.localhost:{https_port}\r\n\r\n".encode())
-                data = b""
-                while b"one" not in data:
-                    chunk = sock.recv(65536)
-                    assert chunk, data
-                    data += chunk
+                data = recv_until(sock, b"one")
                 first = time.monotonic() - t0
-                while b"two" not in data:
-                    chunk = sock.recv(65536)
-                    assert chunk, data
-                    data += chunk
+                data = recv_until(sock, b"two", data)
                 last = time.monotonic() - t0
+            assert b"two" in data, data
             assert data.startswith(b"HTTP/1.1 200"), data[:200]
             assert first < _Streamer.PAUSE / 2 and last >= _Streamer.PAUSE, (path, first, last)
     finally:
